@@ -1,0 +1,220 @@
+"""The backbone interface: the one seam every head, probe, ranker and exporter uses.
+
+Every adapter (HF vision, timm, language model, ...) subclasses :class:`Backbone` and implements
+``_forward_tokens`` and ``_forward_intermediates``; everything else (normalisation, pooling, forward) is
+shared here so callers never ask "is this a ViT or a GPT?".
+
+Input contract: ``images`` are ``(B, 3, H, W)`` float tensors with values in ``[0, 1]`` (what
+``torchvision.transforms.v2.ToDtype(float32, scale=True)`` yields). The adapter normalises them with its
+own mean/std, so data pipelines never need to know which backbone they feed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from transferkit.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+POOLINGS = ("cls", "mean", "last", "cls+mean")
+
+
+@dataclass
+class BackboneInfo:
+    """Static facts about a backbone, reported in tables and exported artifacts."""
+
+    name: str
+    family: str
+    pretrained: bool
+    embed_dim: int
+    patch_size: int
+    num_prefix_tokens: int
+    pooling: str
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_params: int
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """Base class of all image encoders.
+
+    Subclasses set ``embed_dim``, ``patch_size``, ``num_prefix_tokens`` and call ``super().__init__`` with
+    their normalisation, input size and default pooling, then implement:
+
+    - ``_forward_tokens(x) -> (B, N, D)`` on normalised images;
+    - ``_forward_intermediates(x, indices) -> list[(B, N, D)]`` on normalised images;
+    - ``layer_groups() -> list[list[str]]`` ordered parameter-name groups (input side first).
+    """
+
+    family: str = "generic"
+    #: Module-name suffixes LoRA targets by default (peft ``target_modules``).
+    lora_target_modules: Sequence[str] = ()
+    #: Whether ``_forward_intermediates`` uses the last ``num_blocks`` blocks.
+    num_blocks: int = 0
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pretrained: bool,
+        embed_dim: int,
+        patch_size: int,
+        num_prefix_tokens: int,
+        input_size: int,
+        pooling: str,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        source: str = "",
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.pretrained = pretrained
+        self.embed_dim = int(embed_dim)
+        self.patch_size = int(patch_size)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.input_size = int(input_size)
+        self.source = source
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        self.pooling = self.check_pooling(pooling)
+
+    # ------------------------------------------------------------------ subclass API
+    def _forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_intermediates(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[list[str]]:
+        """Ordered groups of parameter names, from the input embedding to the output norm.
+
+        Group 0 is the input embedding (patch embedding, position embeddings, prefix tokens), then one
+        group per block, then whatever follows the last block (final norm, pooler). Every parameter
+        appears in exactly one group. Used for layer-wise LR decay and "freeze the first N blocks".
+        """
+        raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters (beyond 1-D ones) that should not be weight-decayed."""
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory by recomputing block activations in backward."""
+        raise UserError(f"backbone '{self.name}' does not support gradient checkpointing")
+
+    # ------------------------------------------------------------------ shared behaviour
+    @property
+    def supported_poolings(self) -> tuple[str, ...]:
+        return POOLINGS if self.num_prefix_tokens > 0 else ("mean", "last")
+
+    def check_pooling(self, pooling: str) -> str:
+        if pooling not in self.supported_poolings:
+            raise UserError(
+                f"pooling '{pooling}' is not available for backbone '{self.name}' "
+                f"(it has {self.num_prefix_tokens} prefix tokens); choose one of {list(self.supported_poolings)}"
+            )
+        return pooling
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> normalised with this backbone's mean/std."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise UserError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> tokens (B, N, D), prefix tokens first."""
+        return self._forward_tokens(self.normalize(images))
+
+    def forward_intermediates(
+        self, images: torch.Tensor, indices: int | Sequence[int] = 1
+    ) -> list[torch.Tensor]:
+        """Tokens after selected blocks: a list of (B, N, D), in block order.
+
+        ``indices`` is either an int n (the last n blocks) or block indices (negative counts from the end).
+        """
+        return self._forward_intermediates(self.normalize(images), self.resolve_indices(indices))
+
+    def resolve_indices(self, indices: int | Sequence[int]) -> list[int]:
+        n = self.num_blocks
+        if isinstance(indices, int):
+            if not 1 <= indices <= n:
+                raise UserError(f"asked for the last {indices} blocks of '{self.name}', which has {n}")
+            return list(range(n - indices, n))
+        out = []
+        for i in indices:
+            j = i + n if i < 0 else i
+            if not 0 <= j < n:
+                raise UserError(f"block index {i} out of range for '{self.name}' with {n} blocks")
+            out.append(j)
+        return sorted(set(out))
+
+    def pool(self, tokens: torch.Tensor, pooling: str | None = None) -> torch.Tensor:
+        """tokens (B, N, D) -> (B, D) (or (B, 2D) for ``cls+mean``)."""
+        pooling = self.check_pooling(pooling or self.pooling)
+        p = self.num_prefix_tokens
+        if pooling == "cls":
+            return tokens[:, 0]
+        if pooling == "mean":
+            return tokens[:, p:].mean(dim=1)
+        if pooling == "last":
+            return tokens[:, -1]
+        return torch.cat([tokens[:, 0], tokens[:, p:].mean(dim=1)], dim=-1)
+
+    def pooled_dim(self, pooling: str | None = None) -> int:
+        return 2 * self.embed_dim if (pooling or self.pooling) == "cls+mean" else self.embed_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> pooled features (B, pooled_dim)."""
+        return self.pool(self.forward_features(images))
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def info(self) -> BackboneInfo:
+        return BackboneInfo(
+            name=self.name,
+            family=self.family,
+            pretrained=self.pretrained,
+            embed_dim=self.embed_dim,
+            patch_size=self.patch_size,
+            num_prefix_tokens=self.num_prefix_tokens,
+            pooling=self.pooling,
+            input_size=self.input_size,
+            mean=self.mean,
+            std=self.std,
+            num_params=self.num_params(),
+            source=self.source,
+        )
+
+
+def groups_from_patterns(
+    names: Iterable[str], stem: str, block: str, num_blocks: int
+) -> list[list[str]]:
+    """Split parameter names into ``[stem, block_0 .. block_{n-1}, rest]`` groups by regex.
+
+    ``stem`` matches the input-embedding parameters; ``block`` must contain one ``(\\d+)`` group giving the
+    block index. Everything else lands in the final group. Empty stem/rest groups are kept so that group
+    ``i + 1`` is always block ``i``.
+    """
+    groups: list[list[str]] = [[] for _ in range(num_blocks + 2)]
+    stem_re, block_re = re.compile(stem), re.compile(block)
+    for n in names:
+        m = block_re.search(n)
+        if m:
+            groups[int(m.group(1)) + 1].append(n)
+        elif stem_re.search(n):
+            groups[0].append(n)
+        else:
+            groups[-1].append(n)
+    return groups
