@@ -1,0 +1,353 @@
+"""Image classification on any registry backbone, with every adaptation paradigm as an option.
+
+Paradigms (``adaptation``):
+
+- ``linear_probe``: frozen backbone in eval mode (run under ``no_grad``), BN(affine=False)+Linear head, SGD,
+  no weight decay — the MAE/DINOv2 linear evaluation;
+- ``finetune``: every backbone parameter trains (AdamW, layer-wise LR decay, drop-path, Mixup/CutMix, label
+  smoothing), optionally with the first ``freeze_blocks`` blocks frozen;
+- ``lora``: the backbone stays frozen except LoRA adapters injected with peft (plus ``train_also`` params).
+
+Differential LRs per component come from ``optimizer.lr_mult`` (``patch_embed``, ``backbone``, ``head``).
+EMA of weights is Lightning's ``EMAWeightAveraging`` callback (``trainer.callbacks``), not code here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from transferkit.backbones.base import Backbone
+from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
+from transferkit.errors import UserError
+from transferkit.heads.classification import ClassificationHead
+from transferkit.tasks.optim import (
+    OptimConfig,
+    build_param_groups,
+    create_optimizer,
+    create_scheduler,
+    resolve_optim_config,
+    scaled_lr,
+)
+
+log = logging.getLogger(__name__)
+
+
+def as_dataclass(cls: type, value: Any) -> Any:
+    """``value`` as an instance of dataclass ``cls`` (accepts an instance, a dict or None)."""
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)
+    raise UserError(f"expected a {cls.__name__} or a mapping, got {type(value).__name__}")
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters (peft), used when ``adaptation: lora``.
+
+    Args:
+        r: rank of the update matrices.
+        alpha: scaling numerator (update scaled by alpha / r).
+        dropout: dropout on the LoRA input.
+        target_modules: module-name suffixes to adapt; empty = the backbone's default attention projections.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RegularizationOptions:
+    """Fine-tuning regularisation (timm's Mixup/CutMix and label smoothing).
+
+    Args:
+        mixup: Mixup alpha (0 = off).
+        cutmix: CutMix alpha (0 = off).
+        mix_prob: probability of applying Mixup/CutMix to a batch.
+        label_smoothing: label smoothing of the targets.
+        head_dropout: dropout before the classifier.
+    """
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    label_smoothing: float = 0.0
+    head_dropout: float = 0.0
+
+
+class ImageClassifier(L.LightningModule):
+    """Backbone + classification head, trained by one Lightning loop for every paradigm.
+
+    Batches are ``(images, labels)``: images (B, 3, H, W) float in [0, 1], labels (B,) int64.
+    ``num_classes``, ``class_names`` and ``image_size`` default to the datamodule's (filled in when training
+    starts and stored in the checkpoint's hyper-parameters).
+    """
+
+    #: metric the CLI's checkpoint callback monitors, and its mode
+    checkpoint_monitor = ("val/acc1", "max")
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),
+        adaptation: Literal["linear_probe", "finetune", "lora"] = "linear_probe",
+        freeze_blocks: int = 0,
+        train_also: list[str] | None = None,
+        head_batchnorm: bool | None = None,
+        optimizer: OptimConfig = OptimConfig(),
+        regularization: RegularizationOptions = RegularizationOptions(),
+        lora: LoraOptions = LoraOptions(),
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: which backbone and how to build it (name, pretrained, pooling, drop-path...).
+            adaptation: ``linear_probe``, ``finetune`` or ``lora``.
+            freeze_blocks: finetune/lora: freeze the input embedding and the first N blocks.
+            train_also: regexes of backbone parameter names that train even when frozen by the paradigm
+                (None: a language backbone's new PatchEmbed/CLS under ``lora``).
+            head_batchnorm: BN(affine=False) before the linear head; None = on for ``linear_probe`` only.
+            optimizer: optimiser and schedule; None fields take the adaptation's defaults.
+            regularization: Mixup/CutMix/label smoothing/head dropout.
+            lora: LoRA settings (``adaptation: lora``).
+            num_classes: number of classes (default: the datamodule's).
+            class_names: class names (default: the datamodule's).
+            image_size: input size (default: the datamodule's).
+        """
+        super().__init__()
+        # dataclass sections are kept as plain dicts in hparams so checkpoints load with weights_only=True
+        self.backbone_cfg = as_dataclass(BackboneConfig, backbone)
+        self.reg_cfg = as_dataclass(RegularizationOptions, regularization)
+        self.lora_cfg = as_dataclass(LoraOptions, lora)
+        self.optim_cfg = resolve_optim_config(as_dataclass(OptimConfig, optimizer), adaptation)
+        self.save_hyperparameters()
+        for key, value in (
+            ("backbone", self.backbone_cfg),
+            ("regularization", self.reg_cfg),
+            ("lora", self.lora_cfg),
+            ("optimizer", as_dataclass(OptimConfig, optimizer)),
+        ):
+            self.hparams[key] = asdict(value)
+        if freeze_blocks < 0:
+            raise UserError(f"freeze_blocks must be >= 0, got {freeze_blocks}")
+        self.backbone: Backbone | None = None
+        self.head: ClassificationHead | None = None
+        self.mixup_fn = None
+        if num_classes is not None:
+            self.configure_model()
+
+    # ------------------------------------------------------------------ construction
+    def configure_model(self) -> None:
+        """Build backbone + head once sizes are known (from init args or the attached datamodule)."""
+        if self.backbone is not None:
+            return
+        hp = self.hparams
+        if self._trainer is not None and getattr(self._trainer, "datamodule", None) is not None:
+            self.bind_datamodule(self._trainer.datamodule)
+        if hp.num_classes is None:
+            raise UserError("num_classes is unknown: give model.num_classes or train with a datamodule")
+        image_size = hp.image_size or 224
+        self.backbone = build_backbone_from_config(self.backbone_cfg, image_size=image_size)
+        batchnorm = hp.head_batchnorm if hp.head_batchnorm is not None else hp.adaptation == "linear_probe"
+        self.head = ClassificationHead(
+            self.backbone.pooled_dim(),
+            hp.num_classes,
+            batchnorm=batchnorm,
+            dropout=self.reg_cfg.head_dropout,
+        )
+        self._apply_adaptation()
+        reg = self.reg_cfg
+        if reg.mixup > 0 or reg.cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixup_fn = Mixup(
+                mixup_alpha=reg.mixup,
+                cutmix_alpha=reg.cutmix,
+                prob=reg.mix_prob,
+                label_smoothing=reg.label_smoothing,
+                num_classes=hp.num_classes,
+            )
+        k = min(5, hp.num_classes)
+        metrics = {}
+        for split in ("val", "test"):
+            metrics[f"{split}_acc1"] = MulticlassAccuracy(hp.num_classes, top_k=1)
+            metrics[f"{split}_acc5"] = MulticlassAccuracy(hp.num_classes, top_k=k)
+            metrics[f"{split}_per_class"] = MulticlassAccuracy(hp.num_classes, average=None)
+        self.metrics = torch.nn.ModuleDict(metrics)
+        self.final_metrics: dict[str, dict[str, Any]] = {}
+        trainable = self.backbone.num_params(trainable_only=True) + sum(p.numel() for p in self.head.parameters())
+        log.info(
+            "backbone %s (%s, %.2fM params, pretrained=%s), %s, %.2fM trainable params",
+            self.backbone.name,
+            self.backbone.family,
+            self.backbone.num_params() / 1e6,
+            self.backbone.pretrained,
+            hp.adaptation,
+            trainable / 1e6,
+        )
+
+    def _apply_adaptation(self) -> None:
+        hp, bb = self.hparams, self.backbone
+        assert bb is not None
+        if hp.adaptation == "lora":
+            self._inject_lora()
+        groups = bb.layer_groups()
+        if hp.freeze_blocks > len(groups) - 2:
+            raise UserError(
+                f"freeze_blocks={hp.freeze_blocks} but backbone '{bb.name}' has {len(groups) - 2} blocks"
+            )
+        if hp.adaptation == "linear_probe":
+            frozen = {n for n, _ in bb.named_parameters()}
+        elif hp.adaptation == "lora":
+            frozen = {n for n, _ in bb.named_parameters() if "lora_" not in n}
+        else:
+            frozen = set()
+        if hp.freeze_blocks > 0:
+            frozen |= {n for g in groups[: hp.freeze_blocks + 1] for n in g}
+        train_also = hp.train_also
+        if train_also is None:
+            train_also = ["^patch_embed", "^cls_token"] if (hp.adaptation == "lora" and bb.family == "language") else []
+        patterns = [re.compile(p) for p in train_also]
+        for n, p in bb.named_parameters():
+            p.requires_grad_(n not in frozen or any(r.search(n) for r in patterns))
+
+    def _inject_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        bb = self.backbone
+        opts = self.lora_cfg
+        targets = list(opts.target_modules) or list(bb.lora_target_modules)
+        if not targets:
+            raise UserError(f"backbone '{bb.name}' declares no LoRA targets; set model.lora.target_modules")
+        config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets)
+        try:
+            inject_adapter_in_model(config, bb)
+        except ValueError as e:
+            raise UserError(f"LoRA could not adapt '{bb.name}' with target_modules={targets}: {e}") from None
+
+    def bind_datamodule(self, dm: Any) -> None:
+        """Take ``num_classes``, ``class_names`` and ``image_size`` from ``dm`` where not given."""
+        for key in ("num_classes", "class_names", "image_size"):
+            if self.hparams.get(key) is None and hasattr(dm, key):
+                self.hparams[key] = getattr(dm, key)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> logits (B, num_classes)."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                feats = self.backbone(images)
+        else:
+            feats = self.backbone(images)
+        return self.head(feats.float() if feats.dtype != self.head.fc.weight.dtype else feats)
+
+    def on_train_epoch_start(self) -> None:
+        if self.backbone_frozen:
+            self.backbone.eval()  # frozen features must not see dropout or update BN statistics
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        if self.mixup_fn is not None and images.shape[0] >= 2:
+            even = images.shape[0] // 2 * 2  # timm's Mixup needs an even batch
+            images, targets = self.mixup_fn(images[:even], labels[:even])
+            logits = self(images)
+            loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.reg_cfg.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        for key in ("acc1", "acc5", "per_class"):
+            self.metrics[f"{split}_{key}"].update(logits, labels)
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", batch_size=images.shape[0], sync_dist=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, split: str) -> None:
+        acc1 = self.metrics[f"{split}_acc1"].compute()
+        acc5 = self.metrics[f"{split}_acc5"].compute()
+        per_class = self.metrics[f"{split}_per_class"].compute()
+        for key in ("acc1", "acc5", "per_class"):
+            self.metrics[f"{split}_{key}"].reset()
+        self.log(f"{split}/acc1", acc1, prog_bar=True)
+        self.log(f"{split}/acc5", acc5)
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        loss = self.trainer.callback_metrics.get(f"{split}/loss")
+        self.final_metrics[split] = {
+            "acc1": float(acc1),
+            "acc5": float(acc5),
+            "loss": float(loss) if loss is not None else None,
+            "per_class_acc": {n: float(a) for n, a in zip(names, per_class.tolist())},
+        }
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        probs = self(images).softmax(-1)
+        return {"probs": probs, "pred": probs.argmax(-1)}
+
+    # ------------------------------------------------------------------ optimisation
+    def effective_batch_size(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None)
+        batch = getattr(dm, "batch_size", None)
+        if batch is None:
+            raise UserError("cannot scale the LR: the datamodule has no batch_size; set model.optimizer.lr")
+        return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def configure_optimizers(self) -> dict:
+        cfg = self.optim_cfg
+        lr = scaled_lr(cfg, self.effective_batch_size())
+        groups = build_param_groups(
+            self.backbone,
+            self.head,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            layer_decay=cfg.layer_decay,
+            lr_mult=cfg.lr_mult,
+        )
+        optimizer = create_optimizer(groups, cfg)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        scheduler = create_scheduler(optimizer, cfg, total_steps=total, steps_per_epoch=max(1, total // epochs))
+        log.info("optimizer %s, peak lr %.3g (effective batch %d)", cfg.name, lr, self.effective_batch_size())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def describe(self) -> dict[str, Any]:
+        """Run facts for metrics.json / reports."""
+        bb = self.backbone
+        info = asdict(bb.info())
+        info["trainable_params"] = bb.num_params(trainable_only=True) + sum(
+            p.numel() for p in self.head.parameters() if p.requires_grad
+        )
+        return {"backbone": info, "adaptation": self.hparams.adaptation, "optimizer": asdict(self.optim_cfg)}
