@@ -188,7 +188,9 @@ class ImageClassifier(L.LightningModule):
             metrics[f"{split}_per_class"] = MulticlassAccuracy(hp.num_classes, average=None)
         self.metrics = torch.nn.ModuleDict(metrics)
         self.final_metrics: dict[str, dict[str, Any]] = {}
-        trainable = self.backbone.num_params(trainable_only=True) + sum(p.numel() for p in self.head.parameters())
+        trainable = self.backbone.num_params(trainable_only=True) + sum(
+            p.numel() for p in self.head.parameters()
+        )
         log.info(
             "backbone %s (%s, %.2fM params, pretrained=%s), %s, %.2fM trainable params",
             self.backbone.name,
@@ -219,10 +221,15 @@ class ImageClassifier(L.LightningModule):
             frozen |= {n for g in groups[: hp.freeze_blocks + 1] for n in g}
         train_also = hp.train_also
         if train_also is None:
-            train_also = ["^patch_embed", "^cls_token"] if (hp.adaptation == "lora" and bb.family == "language") else []
+            train_also = (
+                ["^patch_embed", "^cls_token"]
+                if (hp.adaptation == "lora" and bb.family == "language")
+                else []
+            )
         patterns = [re.compile(p) for p in train_also]
         for n, p in bb.named_parameters():
-            p.requires_grad_(n not in frozen or any(r.search(n) for r in patterns))
+            # never re-enable what the adapter froze itself (e.g. an LM's unused vocabulary embeddings)
+            p.requires_grad_(p.requires_grad and (n not in frozen or any(r.search(n) for r in patterns)))
 
     def _inject_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -232,7 +239,9 @@ class ImageClassifier(L.LightningModule):
         targets = list(opts.target_modules) or list(bb.lora_target_modules)
         if not targets:
             raise UserError(f"backbone '{bb.name}' declares no LoRA targets; set model.lora.target_modules")
-        config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets)
+        config = LoraConfig(
+            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets
+        )
         try:
             inject_adapter_in_model(config, bb)
         except ValueError as e:
@@ -262,7 +271,9 @@ class ImageClassifier(L.LightningModule):
         if self.backbone_frozen:
             self.backbone.eval()  # frozen features must not see dropout or update BN statistics
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch was corrupt and skipped (data.on_corrupt=skip)
+            return None
         images, labels = batch
         if self.mixup_fn is not None and images.shape[0] >= 2:
             even = images.shape[0] // 2 * 2  # timm's Mixup needs an even batch
@@ -275,7 +286,9 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None, split: str) -> None:
+        if batch is None:
+            return
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
@@ -339,7 +352,9 @@ class ImageClassifier(L.LightningModule):
         optimizer = create_optimizer(groups, cfg)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
-        scheduler = create_scheduler(optimizer, cfg, total_steps=total, steps_per_epoch=max(1, total // epochs))
+        scheduler = create_scheduler(
+            optimizer, cfg, total_steps=total, steps_per_epoch=max(1, total // epochs)
+        )
         log.info("optimizer %s, peak lr %.3g (effective batch %d)", cfg.name, lr, self.effective_batch_size())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

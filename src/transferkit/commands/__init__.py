@@ -1,0 +1,1 @@
+"""Sub-commands of the ``transferkit`` CLI that are not LightningCLI runs (``data check``, ...)."""

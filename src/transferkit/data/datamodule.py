@@ -1,0 +1,242 @@
+"""Lightning DataModule for image classification over any :mod:`transferkit.data.sources` source.
+
+Batches are ``(images, labels)``: ``images`` ``(B, 3, image_size, image_size)`` float32 in ``[0, 1]``
+(backbones normalise themselves), ``labels`` ``(B,)`` int64 indices into ``class_names``.
+
+Training order is a pure function of ``(seed, epoch)``: the train loader uses torch's
+:class:`~torch.utils.data.DistributedSampler` (with one replica on a single device) seeded with ``seed``.
+Lightning's fit loop calls ``sampler.set_epoch(epoch)`` at the start of every epoch (lightning 2.6:
+``fit_loop.on_advance_start`` -> ``_set_sampler_epoch``, also after restoring a checkpoint), so a run
+resumed at an epoch boundary sees exactly the batches an uninterrupted run sees. Under DDP the sampler
+is built with the trainer's ``world_size``/``global_rank``; because it already is a ``DistributedSampler``,
+Lightning leaves it in place instead of injecting its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from transferkit.data.sources import (
+    ON_CORRUPT,
+    SOURCES,
+    SPLITS,
+    ClassificationDataset,
+    build_source,
+    collate_drop_none,
+)
+from transferkit.data.transforms import AUGMENTS, DEFAULT_RANDAUG, build_transform, describe_transform
+from transferkit.errors import UserError
+
+FINGERPRINT_VERSION = 1
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Image-classification data: train/val/test splits of one source, transforms and loaders.
+
+    ``num_classes`` and ``class_names`` are available right after construction (read from folder names,
+    CSV labels or the source's fixed class list; no image is opened), so a CLI can link
+    ``data.num_classes`` to the model.
+    """
+
+    def __init__(
+        self,
+        source: str = "digits",
+        path: str | None = None,
+        image_size: int = 64,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: str = "none",
+        randaug: str = DEFAULT_RANDAUG,
+        hflip: float | None = None,
+        crop_pct: float = 1.0,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        val_fraction: float | None = None,
+        on_corrupt: str = "error",
+        download: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+    ) -> None:
+        """
+        Args:
+            source: Where the images come from: ``digits`` (built-in sklearn handwritten digits, offline),
+                ``imagefolder`` (``path/{train,val[,test]}/<class>/<image>``), ``csv`` (a
+                ``path,label[,split]`` file), ``cifar10`` or ``cifar100``
+                (torchvision's on-disk format under ``path``).
+            path: Dataset folder, CSV file or CIFAR folder; unused for ``digits``.
+            image_size: Side length in pixels of the square images fed to the model.
+            batch_size: Training batch size (per device).
+            eval_batch_size: Validation/test/predict batch size; defaults to ``batch_size``.
+            num_workers: DataLoader worker processes (0 = load in the main process).
+            augment: Training augmentation: ``none``, ``basic`` (random resized crop + flip) or ``randaug``
+                (timm RandAugment recipe). Evaluation never augments.
+            randaug: timm RandAugment config string for ``augment=randaug``.
+            hflip: Horizontal-flip probability for ``basic``/``randaug``; default 0.5, except 0 for ``digits``
+                (a mirrored digit is not the same digit).
+            crop_pct: Evaluation center-crop fraction (resize the shorter side to ``image_size / crop_pct``,
+                then crop ``image_size``); 1.0 keeps the whole image, 0.875 is the ImageNet convention.
+            crop_scale: Area range ``(min, max)`` of the random resized crop for ``basic``/``randaug``.
+            val_fraction: Fraction of train held out as validation (stratified, fixed seed) when the source
+                has no validation split (``imagefolder`` without ``val/``, CSV without ``val`` rows);
+                CIFAR defaults to 0.1.
+            on_corrupt: What an unreadable image does: ``error`` (stop, naming the file) or ``skip`` (drop it
+                from its batch with a warning).
+            download: Download CIFAR into ``path`` if missing (needs internet).
+            seed: Seed of the training order; the order of epoch ``e`` depends only on ``(seed, e)``.
+            drop_last: Drop the last incomplete training batch.
+            pin_memory: Pin host memory for faster GPU transfer; default: when CUDA is available.
+            persistent_workers: Keep loader workers alive between epochs (only with ``num_workers > 0``).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if source not in SOURCES:
+            raise UserError(f"unknown data source '{source}'; choose one of {list(SOURCES)}")
+        if augment not in AUGMENTS:
+            raise UserError(f"unknown augment '{augment}'; choose one of {list(AUGMENTS)}")
+        if on_corrupt not in ON_CORRUPT:
+            raise UserError(f"on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
+        for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1)):
+            if int(value) < low:
+                raise UserError(f"{name} must be >= {low}, got {value}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise UserError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        if num_workers < 0:
+            raise UserError(f"num_workers must be >= 0, got {num_workers}")
+        if hflip is None:
+            hflip = 0.0 if source == "digits" else 0.5
+
+        self.source_name = source
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = augment
+        self.hflip = float(hflip)
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        common = dict(randaug=randaug, hflip=self.hflip, crop_pct=crop_pct, scale=tuple(crop_scale))
+        self.train_transform = build_transform(self.image_size, train=True, augment=augment, **common)
+        self.eval_transform = build_transform(self.image_size, train=False, **common)
+        self.data_source = build_source(
+            source,
+            path,
+            image_size=self.image_size,
+            val_fraction=val_fraction,
+            on_corrupt=on_corrupt,
+            download=download,
+        )
+        self._datasets: dict[tuple[str, bool], ClassificationDataset] = {}
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data_source.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data_source.num_classes
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        self.data_source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.data_source.splits()  # load/scan now, so data errors surface before the first step
+
+    def dataset(self, split: str, train_transform: bool = False) -> ClassificationDataset:
+        """The ``split`` dataset with the train (augmenting) or eval transform; items are
+        ``(image (3, S, S) float32 in [0, 1], label)`` with ``S = image_size``."""
+        if split not in SPLITS:
+            raise UserError(f"unknown split '{split}'; choose one of {list(SPLITS)}")
+        key = (split, bool(train_transform))
+        if key not in self._datasets:
+            transform = self.train_transform if train_transform else self.eval_transform
+            self._datasets[key] = self.data_source.splits()[split].with_transform(transform)
+        return self._datasets[key]
+
+    def train_sampler(self, dataset: ClassificationDataset) -> DistributedSampler:
+        """Shuffling sampler whose order depends only on ``(seed, epoch)`` (``set_epoch`` selects the epoch).
+
+        One replica on a single device; the trainer's world size and rank under DDP.
+        """
+        trainer = getattr(self, "trainer", None)
+        world_size = int(getattr(trainer, "world_size", 1) or 1)
+        rank = int(getattr(trainer, "global_rank", 0) or 0)
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+
+    def _loader(self, dataset: ClassificationDataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_drop_none,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train", train_transform=True)
+        return self._loader(ds, self.batch_size, sampler=self.train_sampler(ds), drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order, with the eval transform."""
+        return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+
+    # ------------------------------------------------------------------ identity and reports
+    def fingerprint(self, split: str) -> str:
+        """Stable hex hash of the ``split``'s eval images: source, resolved path, image identities (file
+        paths, sizes, mtimes and labels, or the in-memory arrays' hash), image size and eval transform.
+
+        Equal whenever the eval inputs are equal (also across processes and runs); it changes when a file,
+        a label, the split membership, ``image_size`` or the eval transform changes. Keys feature caches.
+        """
+        if split not in SPLITS:
+            raise UserError(f"unknown split '{split}'; choose one of {list(SPLITS)}")
+        ds = self.data_source.splits()[split]
+        payload = {
+            "version": FINGERPRINT_VERSION,
+            "source": self.source_name,
+            "path": None if self.data_source.path is None else str(self.data_source.path),
+            "image_size": self.image_size,
+            "eval_transform": describe_transform(self.eval_transform),
+            "class_names": self.class_names,
+            "content": ds.content_digest(),
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """Source, image size, classes and per-split counts (total and per class), for reports."""
+        splits = self.data_source.splits()
+        return {
+            "source": self.source_name,
+            "path": None if self.data_source.path is None else str(self.data_source.path),
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "test_is_val": splits["test"] is splits["val"],
+            "splits": {
+                split: {
+                    "count": len(ds),
+                    "per_class": dict(zip(self.class_names, ds.class_counts())),
+                }
+                for split, ds in splits.items()
+            },
+        }
