@@ -32,16 +32,29 @@ log = logging.getLogger("transferkit")
 
 def _usage() -> str:
     lines = ["usage: transferkit <command> [options]", "", "commands:"]
-    lines += [f"  {c:<10} Lightning {c} (--config YAML, --print_config, --validate_only)" for c in LIGHTNING_COMMANDS]
+    lines += [
+        f"  {c:<10} Lightning {c} (--config YAML, --print_config, --validate_only)"
+        for c in LIGHTNING_COMMANDS
+    ]
     lines += [f"  {c:<10} {help_}" for c, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'transferkit <command> --help' for a command's options."]
     return "\n".join(lines)
 
 
+def setup_logging() -> None:
+    """INFO messages of transferkit's own loggers on stderr (``TRANSFERKIT_LOG=DEBUG`` for more)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(os.environ.get("TRANSFERKIT_LOG", "INFO"))
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``transferkit`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("TRANSFERKIT_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())  # noqa: T201
         return 0

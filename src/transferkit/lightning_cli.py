@@ -50,7 +50,9 @@ class TransferkitCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--name", type=str | None, default=None, help="run name (default: the config file's stem)")
+        parser.add_argument(
+            "--name", type=str | None, default=None, help="run name (default: the config file's stem)"
+        )
         parser.add_argument("--runs_dir", type=str, default="runs", help="folder holding run directories")
         parser.add_argument(
             "--validate_only",
@@ -68,7 +70,12 @@ class TransferkitCLI(LightningCLI):
         cfg = self._sub()
         runs_dir = Path(cfg.get("runs_dir") or "runs")
         ckpt = cfg.get("ckpt_path")
-        if ckpt and ckpt not in ("last", "best") and Path(ckpt).is_file() and Path(ckpt).parent.name == "checkpoints":
+        if (
+            ckpt
+            and ckpt not in ("last", "best")
+            and Path(ckpt).is_file()
+            and Path(ckpt).parent.name == "checkpoints"
+        ):
             return Path(ckpt).parent.parent  # evaluating / resuming a run's own checkpoint
         name = cfg.get("name")
         if not name:

@@ -31,7 +31,13 @@ class TinyViT(Backbone):
 
     def __init__(self) -> None:
         super().__init__(
-            name="tiny", pretrained=False, embed_dim=8, patch_size=4, num_prefix_tokens=1, input_size=8, pooling="cls"
+            name="tiny",
+            pretrained=False,
+            embed_dim=8,
+            patch_size=4,
+            num_prefix_tokens=1,
+            input_size=8,
+            pooling="cls",
         )
         self.patch_embed = nn.Conv2d(3, 8, 4, 4)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
@@ -57,7 +63,9 @@ class TinyViT(Backbone):
 def _groups(layer_decay=0.5, lr_mult=None):
     bb = TinyViT()
     head = ClassificationHead(8, 3)
-    return bb, build_param_groups(bb, head, lr=1.0, weight_decay=0.05, layer_decay=layer_decay, lr_mult=lr_mult)
+    return bb, build_param_groups(
+        bb, head, lr=1.0, weight_decay=0.05, layer_decay=layer_decay, lr_mult=lr_mult
+    )
 
 
 def test_layer_decay_scales_increase_with_depth():
@@ -147,7 +155,9 @@ def test_optimizers_step_and_keep_group_lrs(name):
 def test_warmup_cosine_schedule():
     f = [warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.0, cosine=True) for s in range(111)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[110] == pytest.approx(0.0, abs=1e-9)
+    assert (
+        f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[110] == pytest.approx(0.0, abs=1e-9)
+    )
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     # the scheduler keeps layer-decay ratios between groups
     bb, head = TinyViT(), ClassificationHead(8, 3)

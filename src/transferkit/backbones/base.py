@@ -198,9 +198,7 @@ class Backbone(nn.Module):
         )
 
 
-def groups_from_patterns(
-    names: Iterable[str], stem: str, block: str, num_blocks: int
-) -> list[list[str]]:
+def groups_from_patterns(names: Iterable[str], stem: str, block: str, num_blocks: int) -> list[list[str]]:
     """Split parameter names into ``[stem, block_0 .. block_{n-1}, rest]`` groups by regex.
 
     ``stem`` matches the input-embedding parameters; ``block`` must contain one ``(\\d+)`` group giving the

@@ -183,8 +183,8 @@ class ImageClassifier(L.LightningModule):
         k = min(5, hp.num_classes)
         metrics = {}
         for split in ("val", "test"):
-            metrics[f"{split}_acc1"] = MulticlassAccuracy(hp.num_classes, top_k=1)
-            metrics[f"{split}_acc5"] = MulticlassAccuracy(hp.num_classes, top_k=k)
+            metrics[f"{split}_acc1"] = MulticlassAccuracy(hp.num_classes, top_k=1, average="micro")
+            metrics[f"{split}_acc5"] = MulticlassAccuracy(hp.num_classes, top_k=k, average="micro")
             metrics[f"{split}_per_class"] = MulticlassAccuracy(hp.num_classes, average=None)
         self.metrics = torch.nn.ModuleDict(metrics)
         self.final_metrics: dict[str, dict[str, Any]] = {}
@@ -252,6 +252,9 @@ class ImageClassifier(L.LightningModule):
         for key in ("num_classes", "class_names", "image_size"):
             if self.hparams.get(key) is None and hasattr(dm, key):
                 self.hparams[key] = getattr(dm, key)
+                # the logged (initial) hparams must agree with the datamodule's, or Lightning refuses to merge
+                if getattr(self, "_hparams_initial", None) is not None:
+                    self._hparams_initial[key] = getattr(dm, key)
 
     @property
     def backbone_frozen(self) -> bool:
