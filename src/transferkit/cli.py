@@ -86,7 +86,8 @@ def run_lightning(argv: list[str]) -> Any:
     from transferkit.lightning_cli import TransferkitCLI
 
     try:
-        return TransferkitCLI(args=argv)
+        # args=None lets LightningCLI read sys.argv itself (it warns when given both)
+        return TransferkitCLI(args=None if argv == sys.argv[1:] else argv)
     except UserError:
         raise
     except Exception as e:  # errors from instantiating user classes arrive wrapped by jsonargparse

@@ -97,24 +97,33 @@ class TransferkitCLI(LightningCLI):
         else:
             config["default_root_dir"] = str(self.run_dir)
             if config.get("logger") in (None, True):
+                # one version folder per attempt, so a resumed run never overwrites the earlier logs
+                log_dir = self.run_dir / "log"
+                version = f"version_{len(list(log_dir.glob('version_*'))) if log_dir.is_dir() else 0}"
                 config["logger"] = [
-                    CSVLogger(str(self.run_dir), name="log", version=""),
-                    TensorBoardLogger(str(self.run_dir), name="log", version=""),
+                    CSVLogger(str(self.run_dir), name="log", version=version),
+                    TensorBoardLogger(str(self.run_dir), name="log", version=version),
                 ]
             callbacks = config.get("callbacks") or []
             has_ckpt = any(isinstance(c, ModelCheckpoint) for c in callbacks)
             if config.get("enable_checkpointing", True) is not False and not has_ckpt:
                 monitor, mode = getattr(self.model, "checkpoint_monitor", (None, "min"))
-                extra.append(
+                ckpt_dir = str(self.run_dir / "checkpoints")
+                # best.ckpt by the task's metric; last.ckpt after every epoch (Lightning's save_last only
+                # refreshes it when a top-k checkpoint was saved, which would make resuming lose epochs)
+                extra += [
                     ModelCheckpoint(
-                        dirpath=str(self.run_dir / "checkpoints"),
-                        filename="best",
+                        ckpt_dir,
+                        "best",
                         monitor=monitor,
                         mode=mode,
-                        save_last=True,
+                        save_top_k=1,
                         enable_version_counter=False,
-                    )
-                )
+                    ),
+                    ModelCheckpoint(
+                        ckpt_dir, "last", monitor=None, save_top_k=1, enable_version_counter=False
+                    ),
+                ]
         return self._instantiate_trainer(config, extra)
 
     # ------------------------------------------------------------------ subcommands

@@ -105,6 +105,11 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    def new_parameter_names(self) -> set[str]:
+        """Parameters the adapter creates fresh even when the backbone is pretrained (e.g. the PatchEmbed of a
+        language model). Partial fine-tuning and LoRA keep them trainable; a linear probe freezes them too."""
+        return set()
+
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (beyond 1-D ones) that should not be weight-decayed."""
         return set()

@@ -118,7 +118,8 @@ class ImageClassifier(L.LightningModule):
             adaptation: ``linear_probe``, ``finetune`` or ``lora``.
             freeze_blocks: finetune/lora: freeze the input embedding and the first N blocks.
             train_also: regexes of backbone parameter names that train even when frozen by the paradigm
-                (None: a language backbone's new PatchEmbed/CLS under ``lora``).
+                (None: the backbone's ``new_parameter_names()``, e.g. a language model's PatchEmbed, under
+                ``lora`` and ``freeze_blocks``; a linear probe keeps the whole backbone frozen).
             head_batchnorm: BN(affine=False) before the linear head; None = on for ``linear_probe`` only.
             optimizer: optimiser and schedule; None fields take the adaptation's defaults.
             regularization: Mixup/CutMix/label smoothing/head dropout.
@@ -204,6 +205,7 @@ class ImageClassifier(L.LightningModule):
     def _apply_adaptation(self) -> None:
         hp, bb = self.hparams, self.backbone
         assert bb is not None
+        adapter_frozen = {n for n, p in bb.named_parameters() if not p.requires_grad}
         if hp.adaptation == "lora":
             self._inject_lora()
         groups = bb.layer_groups()
@@ -219,17 +221,13 @@ class ImageClassifier(L.LightningModule):
             frozen = set()
         if hp.freeze_blocks > 0:
             frozen |= {n for g in groups[: hp.freeze_blocks + 1] for n in g}
-        train_also = hp.train_also
-        if train_also is None:
-            train_also = (
-                ["^patch_embed", "^cls_token"]
-                if (hp.adaptation == "lora" and bb.family == "language")
-                else []
-            )
-        patterns = [re.compile(p) for p in train_also]
+        if hp.train_also is None and hp.adaptation != "linear_probe":
+            frozen -= bb.new_parameter_names()  # fresh layers (an LM's PatchEmbed) must learn
+        patterns = [re.compile(p) for p in hp.train_also or []]
         for n, p in bb.named_parameters():
             # never re-enable what the adapter froze itself (e.g. an LM's unused vocabulary embeddings)
-            p.requires_grad_(p.requires_grad and (n not in frozen or any(r.search(n) for r in patterns)))
+            keep = n not in frozen or any(r.search(n) for r in patterns)
+            p.requires_grad_(n not in adapter_frozen and keep)
 
     def _inject_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -274,7 +272,9 @@ class ImageClassifier(L.LightningModule):
         if self.backbone_frozen:
             self.backbone.eval()  # frozen features must not see dropout or update BN statistics
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor] | None, batch_idx: int
+    ) -> torch.Tensor | None:
         if batch is None:  # every image of the batch was corrupt and skipped (data.on_corrupt=skip)
             return None
         images, labels = batch

@@ -1,0 +1,215 @@
+"""End-to-end CLI runs on the built-in digits data (real images, real MiniLM weights, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from transferkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+LP = str(CONFIGS / "classification" / "linear_probe.yaml")
+FT = str(CONFIGS / "classification" / "finetune.yaml")
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# a tiny random-init ViT and a handful of batches: for tests of mechanics, not accuracy
+MICRO = [
+    "--model.backbone.name",
+    "vit-micro",
+    "--data.image_size",
+    "32",
+    "--trainer.limit_train_batches",
+    "4",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+]
+
+
+def fit(tmp_path: Path, config: str, *args: str) -> int:
+    return main(["fit", "--config", config, "--runs_dir", str(tmp_path / "runs"), *QUIET, *args])
+
+
+def read_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_linear_probe_minilm_on_digits_beats_chance(tmp_path):
+    assert fit(tmp_path, LP, "--trainer.max_epochs", "2") == 0
+    run = tmp_path / "runs" / "linear_probe"
+    for f in (
+        "config.yaml",
+        "metrics.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "log/version_0/metrics.csv",
+    ):
+        assert (run / f).is_file(), f
+    m = read_metrics(run)
+    # chance is 0.10; the frozen language model's features separate the digits far better
+    assert m["test"]["acc1"] > 0.5, m["test"]
+    assert m["val"]["acc1"] > 0.5
+    assert set(m["test"]["per_class_acc"]) == {str(i) for i in range(10)}
+    assert m["test"]["acc5"] >= m["test"]["acc1"]
+    assert m["backbone"]["name"] == "minilm-l6" and m["backbone"]["pretrained"] is True
+    assert m["backbone"]["trainable_params"] == 384 * 10 + 10  # only the linear head trains
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["backbone"]["name"] == "minilm-l6"
+    assert saved["trainer"]["max_epochs"] == 2
+
+
+@pytest.mark.slow
+def test_finetune_minilm_on_digits_above_90(tmp_path):
+    assert fit(tmp_path, FT, "--trainer.max_epochs", "2") == 0
+    m = read_metrics(tmp_path / "runs" / "finetune")
+    assert m["test"]["acc1"] > 0.90, m["test"]
+    assert m["adaptation"] == "finetune"
+    assert m["backbone"]["trainable_params"] > 10_000_000
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    args = [*MICRO, "--model.optimizer.warmup_epochs", "1", "--trainer.max_epochs", "3"]
+    assert fit(tmp_path, FT, *args, "--name", "straight") == 0
+
+    from transferkit.tasks.classification import ImageClassifier
+
+    original = ImageClassifier.on_train_epoch_end if hasattr(ImageClassifier, "on_train_epoch_end") else None
+
+    def interrupt(self):
+        if original is not None:
+            original(self)
+        if self.current_epoch == 1:
+            self.trainer.should_stop = True  # the job is killed after epoch 2 of 3
+
+    monkeypatch.setattr(ImageClassifier, "on_train_epoch_end", interrupt, raising=False)
+    assert fit(tmp_path, FT, *args, "--name", "resumed") == 0
+    monkeypatch.undo()
+    first = torch.load(tmp_path / "runs/resumed/checkpoints/last.ckpt", weights_only=False)
+    assert first["epoch"] == 1
+    assert fit(tmp_path, FT, *args, "--name", "resumed", "--ckpt_path", "last") == 0
+
+    a = torch.load(tmp_path / "runs/straight/checkpoints/last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "runs/resumed/checkpoints/last.ckpt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(v, b["state_dict"][k], msg=k)
+    assert read_metrics(tmp_path / "runs/straight")["test"] == read_metrics(tmp_path / "runs/resumed")["test"]
+
+
+def test_every_config_parses(capsys):
+    configs = sorted(CONFIGS.rglob("*.yaml"))
+    assert configs
+    for cfg in configs:
+        command = cfg.read_text().splitlines()[0]
+        assert command.startswith("# transferkit "), f"{cfg} must start with the command that runs it"
+        sub = command.split()[2]
+        with pytest.raises(SystemExit) as e:
+            main([sub, "--config", str(cfg), "--print_config"])
+        assert e.value.code == 0, cfg
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert "model" in printed and "trainer" in printed
+
+
+def test_overrides_and_print_config(capsys):
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                LP,
+                "--model.backbone.name",
+                "gpt2-tiny",
+                "--trainer.max_epochs",
+                "3",
+                "--print_config",
+            ]
+        )
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["backbone"]["name"] == "gpt2-tiny"
+    assert printed["trainer"]["max_epochs"] == 3
+
+
+def test_validate_only_checks_without_training(tmp_path, capsys):
+    assert fit(tmp_path, LP, "--model.backbone.name", "gpt2-tiny", "--validate_only", "true") == 0
+    out = capsys.readouterr().out
+    assert "nothing was trained" in out and "ImageClassifier" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_backbone_is_one_clear_line(tmp_path, capsys):
+    assert fit(tmp_path, LP, "--model.backbone.name", "dinov9", "--validate_only", "true") == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone 'dinov9'" in err and "minilm-l6" in err and "Traceback" not in err
+
+
+def test_bad_config_key_names_the_key(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        fit(tmp_path, LP, "--model.backbone.nmae", "x")
+    assert e.value.code != 0
+    assert "nmae" in capsys.readouterr().err
+
+
+def test_missing_dataset_dir_names_path_and_fix(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code = fit(
+        tmp_path, LP, "--data.source", "imagefolder", "--data.path", str(missing), "--validate_only", "true"
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+
+
+def test_unknown_command(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+
+
+def test_backbones_command_lists_registry(capsys):
+    assert main(["backbones", "--offline", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "minilm-l6" in out and "vit-micro" in out
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_gloo(tmp_path):
+    """Multi-process training goes through Lightning's DDP strategy (gloo on CPU)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "transferkit.cli",
+        "fit",
+        "--config",
+        FT,
+        *QUIET,
+        *MICRO,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "ddp",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stderr or "MEMBER: 2/2" in proc.stderr, proc.stderr[-2000:]
+    m = read_metrics(tmp_path / "runs" / "ddp")
+    assert 0.0 <= m["test"]["acc1"] <= 1.0
+    ckpt = torch.load(tmp_path / "runs/ddp/checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4  # 4 limited batches per process, one optimizer step each
