@@ -18,12 +18,12 @@ demo: install
 	$(TK) fit --config configs/classification/linear_probe.yaml
 
 test: install
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests
 	$(PY) -m pytest -q --durations=15
 
 lint: install
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
