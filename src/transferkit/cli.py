@@ -23,8 +23,15 @@ from transferkit.errors import UserError
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 #: other commands: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("transferkit.commands.data", "dataset tools: check"),
+    "data": ("transferkit.commands.data", "dataset tools: check, make-shapes, convert"),
     "backbones": ("transferkit.commands.backbones", "list the registered backbones"),
+    "extract": ("transferkit.commands.extract", "run a frozen backbone once over a dataset, cache features"),
+    "compare": ("transferkit.commands.compare", "fair comparison of backbones: probes, kNN, report"),
+    "rank": ("transferkit.commands.rank", "rank backbones for a dataset without fine-tuning them"),
+    "evaluate": ("transferkit.commands.evaluate", "full evaluation of a run: metrics, curves, robustness"),
+    "analyze": ("transferkit.commands.analyze", "feature/weight/activation/attention/loss-landscape analysis"),
+    "export": ("transferkit.commands.export", "export a run to ONNX / HF / TorchScript with parity checks"),
+    "serve": ("transferkit.commands.serve", "serve an exported artifact over HTTP (FastAPI)"),
 }
 
 log = logging.getLogger("transferkit")
@@ -69,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             run_lightning(argv)
             return 0
         if command in COMMANDS:
-            module = importlib.import_module(COMMANDS[command][0])
+            try:
+                module = importlib.import_module(COMMANDS[command][0])
+            except ModuleNotFoundError as e:
+                if e.name != COMMANDS[command][0]:
+                    raise
+                raise UserError(f"'transferkit {command}' is not available in this version") from None
             return int(module.main(argv[1:]) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
