@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,11 @@ def run_lightning(argv: list[str]) -> Any:
     from transferkit.lightning_cli import TransferkitCLI
 
     try:
-        # args=None lets LightningCLI read sys.argv itself (it warns when given both)
-        return TransferkitCLI(args=None if argv == sys.argv[1:] else argv)
+        # args=None lets LightningCLI read sys.argv itself; called from Python (tests, notebooks) it warns that
+        # sys.argv holds other arguments, which is expected here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            return TransferkitCLI(args=None if argv == sys.argv[1:] else argv)
     except UserError:
         raise
     except Exception as e:  # errors from instantiating user classes arrive wrapped by jsonargparse
