@@ -30,7 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("transferkit.commands.compare", "fair comparison of backbones: probes, kNN, report"),
     "rank": ("transferkit.commands.rank", "rank backbones for a dataset without fine-tuning them"),
     "evaluate": ("transferkit.commands.evaluate", "full evaluation of a run: metrics, curves, robustness"),
-    "analyze": ("transferkit.commands.analyze", "feature/weight/activation/attention/loss-landscape analysis"),
+    "analyze": (
+        "transferkit.commands.analyze",
+        "feature/weight/activation/attention/loss-landscape analysis",
+    ),
     "export": ("transferkit.commands.export", "export a run to ONNX / HF / TorchScript with parity checks"),
     "serve": ("transferkit.commands.serve", "serve an exported artifact over HTTP (FastAPI)"),
 }

@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from transferkit.cli import unique_run_dir
 from transferkit.errors import UserError
@@ -58,6 +59,8 @@ class TransferkitCLI(LightningCLI):
             "--validate_only",
             "--validate-only",
             type=bool,
+            nargs="?",
+            const=True,
             default=False,
             help="check the config, data and model (one forward pass on one batch) without training",
         )
@@ -140,19 +143,25 @@ class TransferkitCLI(LightningCLI):
             raise UserError("--validate_only needs a datamodule in the config (the 'data' section)")
         dm.prepare_data()
         dm.setup("fit")
-        batch = next(iter(dm.train_dataloader()))
-        images = batch[0] if isinstance(batch, list | tuple) else batch
-        if hasattr(model, "bind_datamodule"):
+        if hasattr(model, "bind_datamodule"):  # before the loader: a task may hand the data its tokenizer
             model.bind_datamodule(dm)
+        batch = next(iter(dm.train_dataloader()))
         model.configure_model()
         model.eval()
         with torch.no_grad():
-            out = model(images[:2])
+            if hasattr(model, "dry_run_step"):  # tasks whose batches are not images describe their own step
+                step = model.dry_run_step(batch)
+            else:
+                images = batch[0] if isinstance(batch, list | tuple) else batch
+                out = model(images[:2])
+                step = {
+                    "batch_images": list(images.shape),
+                    "output": list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__,
+                }
         summary = {
             "model": type(model).__name__,
             "data": type(dm).__name__,
-            "batch_images": list(images.shape),
-            "output": list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__,
+            **step,
             "params": sum(p.numel() for p in model.parameters()),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "run_dir": str(self.run_dir),
@@ -176,8 +185,11 @@ class TransferkitCLI(LightningCLI):
         best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
         if best is None:
             log.warning("no best checkpoint was saved; evaluating the final weights")
-        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best)
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        # tasks without evaluation steps (self-supervised ones) have nothing to validate or test
+        if is_overridden("validation_step", self.model):
+            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best)
+        if is_overridden("test_step", self.model):
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
         self.write_metrics(best_checkpoint=best)
 
     def after_validate(self) -> None:
