@@ -1,0 +1,678 @@
+"""Feature extraction with an on-disk cache: a frozen backbone runs once per image, ever.
+
+Public API (stable; used by the probes, kNN, ``transferkit compare`` and ``transferkit rank``)::
+
+    fs = get_features("minilm-l6", dm, "train")                 # (N, D) final-layer features, default pooling
+    fs = get_features(bb, dm, "val", layers=4, pooling="mean")  # (N, 4, D): mean-pooled last 4 blocks
+    fs.features, fs.labels, fs.metadata                         # float32 (memmap), int64 (N,), dict
+    fs.view(pooling="cls", layers=1)                            # another view of the same cached pass
+
+What is cached
+    One *entry* per (backbone, weights, data split, transform, extraction settings) holds, for every image, a
+    few **token summaries** of the last ``L`` blocks: ``summaries.npy`` of shape ``(N, L, S, D)`` float32,
+    where the ``S`` summaries are among ``cls`` (the first prefix token), ``mean`` (mean of the non-prefix
+    tokens) and ``last`` (the last token). Every pooling of :mod:`transferkit.backbones.base` is a function of
+    these (``cls+mean`` concatenates two), so one backbone pass serves all poolings and all "last-k blocks"
+    probes asked for at extraction time (``extra_poolings`` stores more summaries in the same pass). A
+    request that a stored entry covers (same key, ``L`` and summaries at least those asked) is served from
+    it without running the backbone.
+
+Cache key
+    ``blake2b`` of: the backbone's name, class, pretrained flag and simple attributes (patch size,
+    position-embedding handling, normalisation mean/std, input size...), a digest of its weights (every
+    parameter and buffer, bytes and shapes), the datamodule's ``fingerprint(split)`` (image identities,
+    labels, image size and eval transform), the split name, the compute dtype and the cache format version.
+    Changing any of these is a miss; the key never depends on the run, the time or the batch size.
+
+Layout and atomicity
+    ``<cache_dir>/<backbone-slug>/<key>/L<L>-<summaries>/{summaries.npy, labels.npy, meta.json}``. An entry
+    is written in a temporary folder next to it and renamed into place once complete, so a crash or a
+    concurrent run never leaves a half-written entry (``meta.json`` is written last and read first).
+
+Default cache dir: ``$TRANSFERKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/transferkit/features``, else
+``~/.cache/transferkit/features``.
+
+Random-init parts (a ``:random`` twin, a language model's new PatchEmbed) are built under a fixed seed
+(``seed``, default 0) when :func:`get_features` builds the backbone from a name, so "the random twin" is one
+reproducible model whose features are cached like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from transferkit.backbones.base import Backbone
+from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
+from transferkit.errors import UserError
+from transferkit.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SUMMARIES = ("cls", "mean", "last")
+#: summaries each pooling needs, in the order they are concatenated
+POOLING_SUMMARIES: dict[str, tuple[str, ...]] = {
+    "cls": ("cls",),
+    "mean": ("mean",),
+    "last": ("last",),
+    "cls+mean": ("cls", "mean"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class FeatureDataModule(Protocol):
+    """What :func:`get_features` needs from a datamodule (``ImageClassificationDataModule`` has it all)."""
+
+    image_size: int
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def dataset(self, split: str) -> Any: ...
+
+    def fingerprint(self, split: str) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class FeatureSet:
+    """Features of one split from one backbone.
+
+    Attributes:
+        features: ``(N, D)`` (``layers=None``) or ``(N, L, D)`` (the last ``L`` blocks, input side first)
+            float32. A read-only ``numpy.memmap`` view into the cache when the pooling reads one summary;
+            an in-memory array for ``cls+mean`` (two summaries concatenated, ``D = 2 * embed_dim``).
+        labels: ``(N,)`` int64 class indices into ``metadata['class_names']``.
+        metadata: backbone (name, family, pretrained, num_params, embed_dim, weights digest), data (split,
+            fingerprint, image size, class names), extraction (pooling, layers, throughput in images/s,
+            seconds, device, batch size, dtype), ``cache_hit`` and ``key``.
+        path: the cache entry folder (None when extracted with ``cache=False``).
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    metadata: dict[str, Any]
+    path: Path | None = None
+    _summaries: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def pooling(self) -> str:
+        return str(self.metadata["pooling"])
+
+    @property
+    def layers(self) -> int | None:
+        return self.metadata["layers"]
+
+    @property
+    def available_poolings(self) -> list[str]:
+        """Poolings :meth:`view` can derive from the stored summaries."""
+        stored = set(self.metadata["stored_summaries"])
+        return [p for p, need in POOLING_SUMMARIES.items() if set(need) <= stored]
+
+    @property
+    def stored_layers(self) -> int:
+        return int(self.metadata["stored_layers"])
+
+    def view(self, pooling: str | None = None, layers: int | None = None) -> FeatureSet:
+        """Another pooling / number of last blocks of the same cached pass (no backbone run).
+
+        ``layers=None`` is the final layer ``(N, D)``; ``layers=k`` the last ``k`` blocks ``(N, k, D)``.
+        """
+        assert self._summaries is not None, "FeatureSet was not created by get_features"
+        pooling = pooling or self.metadata["default_pooling"]
+        if pooling not in self.available_poolings:
+            raise UserError(
+                f"pooling '{pooling}' is not stored for {self.metadata['backbone']}; available: "
+                f"{self.available_poolings}. Pass it to get_features(..., pooling=...) or extra_poolings"
+            )
+        if layers is not None and not 1 <= layers <= self.stored_layers:
+            raise UserError(f"asked for the last {layers} blocks; this entry stores {self.stored_layers}")
+        feats = _derive(self._summaries, self.metadata["stored_summaries"], pooling, layers)
+        meta = {**self.metadata, "pooling": pooling, "layers": layers}
+        return FeatureSet(feats, self.labels, meta, self.path, self._summaries)
+
+    def tensor(self, device: str | torch.device | None = None) -> torch.Tensor:
+        """The features as a float32 torch tensor (copied into memory)."""
+        return torch.from_numpy(np.ascontiguousarray(self.features, dtype=np.float32)).to(device or "cpu")
+
+    def label_tensor(self, device: str | torch.device | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.labels, dtype=np.int64)).to(device or "cpu")
+
+
+def _derive(summaries: np.ndarray, stored: Sequence[str], pooling: str, layers: int | None) -> np.ndarray:
+    """(N, L, S, D) summaries -> (N, D) or (N, layers, D') features for ``pooling``."""
+    idx = [list(stored).index(s) for s in POOLING_SUMMARIES[pooling]]
+    lsel = slice(-1, None) if layers is None else slice(-layers, None)
+    if len(idx) == 1:
+        out = summaries[:, lsel, idx[0], :]
+    else:
+        out = np.concatenate([summaries[:, lsel, i, :] for i in idx], axis=-1)
+    return out[:, 0] if layers is None else out
+
+
+# ---------------------------------------------------------------------------------------------- keys
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/transferkit/features``, else
+    ``~/.cache/transferkit/features``."""
+    env = os.environ.get("TRANSFERKIT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "transferkit" / "features"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """blake2b of every parameter and buffer of ``module`` (names, dtypes, shapes and bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        t = t.detach()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        if t.numel():
+            flat = t.to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            h.update(flat.numpy().data)
+    return h.hexdigest()
+
+
+def backbone_signature(backbone: Backbone) -> dict[str, Any]:
+    """The backbone's identity apart from its weights: name, class and every simple attribute (patch size,
+    pooling default, position-embedding handling, mean/std, input size...)."""
+    simple = (bool, int, float, str, type(None))
+    attrs = {}
+    for k, v in sorted(vars(backbone).items()):
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, simple) or (isinstance(v, tuple) and all(isinstance(x, simple) for x in v)):
+            attrs[k] = list(v) if isinstance(v, tuple) else v
+    return {"class": f"{type(backbone).__module__}.{type(backbone).__qualname__}", "attrs": attrs}
+
+
+def feature_key(
+    backbone: Backbone, fingerprint: str, split: str, dtype: str, digest: str | None = None
+) -> str:
+    """The cache key (hex) of ``backbone``'s features on the split with ``fingerprint``."""
+    payload = {
+        "version": CACHE_VERSION,
+        "backbone": backbone_signature(backbone),
+        "weights": digest or weights_digest(backbone),
+        "data": fingerprint,
+        "split": split,
+        "dtype": dtype,
+    }
+    return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "backbone"
+
+
+def modality(backbone: Backbone) -> str:
+    """``language``, ``vision-language`` (CLIP/SigLIP towers) or ``vision``."""
+    if backbone.family == "language":
+        return "language"
+    fam = str(backbone.info().extra.get("model_family", "")).lower()
+    arch = str(getattr(backbone, "architecture", "")).lower()
+    if fam in ("clip", "siglip") or "clip" in arch or "siglip" in arch:
+        return "vision-language"
+    return "vision"
+
+
+# ---------------------------------------------------------------------------------------------- building
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run a block with torch's CPU (and CUDA) RNG seeded, restoring the global RNG state afterwards."""
+    if seed is None:
+        yield
+        return
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def resolve_backbone(
+    backbone: str | BackboneConfig | Backbone, image_size: int, *, seed: int | None = 0, **options: Any
+) -> Backbone:
+    """A built :class:`Backbone` from a name (``'minilm-l6'``, ``'vit-tiny:random'``, hub id...), a
+    :class:`BackboneConfig` or an instance (returned as is). Random-init parts are seeded with ``seed``.
+
+    ``options`` (e.g. ``patch_size=16``) are :class:`BackboneConfig` fields, used with a name only.
+    """
+    if isinstance(backbone, Backbone):
+        return backbone
+    if isinstance(backbone, str):
+        backbone = BackboneConfig(name=backbone, **options)
+    elif not isinstance(backbone, BackboneConfig):
+        raise UserError(
+            f"backbone must be a name, a BackboneConfig or a Backbone, got {type(backbone).__name__}"
+        )
+    with seeded(seed):
+        return build_backbone_from_config(backbone, image_size=image_size)
+
+
+def _summaries_for(backbone: Backbone, poolings: Sequence[str]) -> list[str]:
+    need: set[str] = set()
+    for p in poolings:
+        backbone.check_pooling(p)
+        need |= set(POOLING_SUMMARIES[p])
+    return [s for s in SUMMARIES if s in need]
+
+
+def _summarize(tokens: torch.Tensor, summaries: Sequence[str], num_prefix: int) -> torch.Tensor:
+    """tokens (B, N, D) -> (B, S, D)."""
+    out = []
+    for s in summaries:
+        if s == "cls":
+            out.append(tokens[:, 0])
+        elif s == "mean":
+            out.append(tokens[:, num_prefix:].mean(dim=1))
+        else:
+            out.append(tokens[:, -1])
+    return torch.stack(out, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- cache io
+def _entry_name(layers: int | None, summaries: Sequence[str]) -> str:
+    """``final-cls+mean`` (the final output) or ``L4-cls+mean`` (the last 4 blocks)."""
+    return f"{'final' if layers is None else f'L{layers}'}-{'+'.join(summaries)}"
+
+
+def _parse_entry_name(name: str) -> tuple[int | None, list[str]] | None:
+    m = re.fullmatch(r"(final|L(\d+))-([a-z+]+)", name)
+    if not m:
+        return None
+    return (None if m.group(1) == "final" else int(m.group(2))), m.group(3).split("+")
+
+
+def _load_entry(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """(summaries memmap, labels, meta) of a complete entry, or None when missing/unreadable."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        summaries = np.load(path / "summaries.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy")
+    except (OSError, ValueError) as e:
+        if path.exists():
+            log.warning("ignoring unreadable feature-cache entry %s (%s)", path, e)
+        return None
+    if summaries.ndim != 4 or len(labels) != summaries.shape[0] or meta.get("version") != CACHE_VERSION:
+        log.warning("ignoring inconsistent feature-cache entry %s", path)
+        return None
+    return summaries, labels, meta
+
+
+def _find_entry(key_dir: Path, layers: int | None, summaries: Sequence[str]) -> Path | None:
+    """The smallest complete entry under ``key_dir`` that stores ``summaries`` for the final output
+    (``layers=None``; only ``final-*`` entries) or for at least the last ``layers`` blocks (``L*`` entries)."""
+    if not key_dir.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for child in key_dir.iterdir():
+        parsed = _parse_entry_name(child.name)
+        if parsed is None or not (child / "meta.json").is_file():
+            continue
+        n, stored = parsed
+        if not set(summaries) <= set(stored):
+            continue
+        if (layers is None) != (n is None) or (layers is not None and n < layers):
+            continue
+        size = (n or 1) * len(stored)
+        if best is None or size < best[0]:
+            best = (size, child)
+    return best[1] if best else None
+
+
+def _progress(total: int, description: str, enabled: bool) -> Any:
+    """A rich progress bar on stderr, only when stderr is a terminal (logs and CI output stay clean)."""
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return nullcontext(None)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- extraction
+@torch.inference_mode()
+def extract_summaries(
+    backbone: Backbone,
+    dataset: Any,
+    *,
+    layers: int | None,
+    summaries: Sequence[str],
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+    progress: bool = True,
+    description: str = "extract",
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Run ``backbone`` once over ``dataset`` (no augmentation, ``inference_mode``, batched).
+
+    Returns ``(summaries (N, L, S, D) float32, labels (N,) int64, timing)`` where ``L = layers or 1`` and
+    ``timing`` has ``seconds`` (wall time of the whole pass, data loading included) and ``images_per_s``
+    (steady state: images after the first batch over the time after it, data loading included).
+    ``layers=None`` uses ``forward_features`` (the final output); ``layers=k`` the last k blocks from
+    ``forward_intermediates``. ``allocate(shape)`` may return the ``(len(dataset), L, S, D)`` float32 array to
+    write into (e.g. a memmap; called once the width is known from the first batch). Images skipped as
+    unreadable (``on_corrupt='skip'``) are dropped, so ``N`` can be smaller than ``len(dataset)``.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; choose one of {list(DTYPES)}")
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    try:
+        return _extract_loop(
+            backbone,
+            dataset,
+            layers,
+            summaries,
+            batch_size,
+            num_workers,
+            device,
+            dtype,
+            allocate,
+            progress,
+            description,
+        )
+    finally:
+        backbone.train(was_training)
+
+
+def _extract_loop(
+    backbone: Backbone,
+    dataset: Any,
+    layers: int | None,
+    summaries: Sequence[str],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    dtype: str,
+    allocate: Callable[[tuple[int, ...]], np.ndarray] | None,
+    progress: bool,
+    description: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    from transferkit.data.sources import collate_drop_none
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_drop_none,
+        pin_memory=device.type == "cuda",
+    )
+    n_total = len(dataset)
+    n_layers = layers or 1
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+    labels = np.empty(n_total, dtype=np.int64)
+    out: np.ndarray | None = None
+    filled = 0
+    warm: tuple[float, int] | None = None
+    start = time.perf_counter()
+    with _progress(n_total, description, progress) as bar:
+        task = bar.add_task(description, total=n_total, rate="") if bar is not None else None
+        for batch in loader:
+            if batch is None:
+                continue
+            images, targets = batch
+            images = images.to(device, non_blocking=True)
+            with autocast:
+                if layers is None:
+                    token_list = [backbone.forward_features(images)]
+                else:
+                    token_list = backbone.forward_intermediates(images, layers)
+            dims = {t.shape[-1] for t in token_list}
+            if len(dims) != 1:
+                raise UserError(
+                    f"the last {layers} blocks of '{backbone.name}' have different widths {sorted(dims)} "
+                    "(a hierarchical model); ask for fewer layers (layers=None or 1)"
+                )
+            batch_out = torch.stack(
+                [_summarize(t, summaries, backbone.num_prefix_tokens) for t in token_list], dim=1
+            )  # (B, L, S, D)
+            b = batch_out.shape[0]
+            if out is None:
+                shape = (n_total, n_layers, len(summaries), int(batch_out.shape[-1]))
+                out = allocate(shape) if allocate is not None else np.empty(shape, dtype=np.float32)
+            out[filled : filled + b] = batch_out.float().cpu().numpy()
+            labels[filled : filled + b] = targets.numpy()
+            filled += b
+            if warm is None:  # steady-state throughput excludes the first batch (allocation, lazy init)
+                warm = (time.perf_counter(), filled)
+            if bar is not None:
+                rate = filled / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=len(targets), rate=f"{rate:,.0f} img/s")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if out is None:
+        raise UserError(f"no readable image in the dataset given to '{description}'")
+    end = start + seconds
+    if warm is not None and filled > warm[1] and end > warm[0]:
+        rate = (filled - warm[1]) / (end - warm[0])
+    else:
+        rate = filled / max(seconds, 1e-9)
+    timing = {"seconds": seconds, "images_per_s": rate, "num_images": filled}
+    return out[:filled], labels[:filled], timing
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def get_features(
+    backbone: str | BackboneConfig | Backbone,
+    datamodule: FeatureDataModule,
+    split: str,
+    *,
+    layers: int | None = None,
+    pooling: str | None = None,
+    extra_poolings: Sequence[str] = (),
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    cache: bool = True,
+    refresh: bool = False,
+    seed: int | None = 0,
+    progress: bool = True,
+    **backbone_options: Any,
+) -> FeatureSet:
+    """Features of ``split`` of ``datamodule`` from a frozen ``backbone``, from the cache when possible.
+
+    Args:
+        backbone: a name (``'minilm-l6'``, ``'vit-tiny:random'``, ``'facebook/dinov2-small'``...), a
+            :class:`BackboneConfig` or a built :class:`Backbone` (its current weights are what is hashed).
+        datamodule: an ``ImageClassificationDataModule`` (or anything with ``dataset(split)``,
+            ``fingerprint(split)``, ``class_names`` and ``image_size``); its eval transform is used.
+        split: ``train``, ``val`` or ``test``.
+        layers: None: the final layer, features ``(N, D)``; k: the last k blocks, ``(N, k, D)``.
+        pooling: ``cls``, ``mean``, ``last`` or ``cls+mean``; None = the backbone's default.
+        extra_poolings: more poolings to store in the same pass (read them later with
+            :meth:`FeatureSet.view` or another ``get_features`` call, both cache hits).
+        cache_dir: cache root (default :func:`default_cache_dir`).
+        batch_size: extraction batch size (default: the datamodule's ``eval_batch_size``, else 128).
+        num_workers: DataLoader workers (default: the datamodule's).
+        device: where the backbone runs (default: CUDA when available).
+        dtype: compute dtype (``float32``, ``bfloat16``, ``float16`` via autocast); part of the key.
+        cache: False extracts in memory without reading or writing the cache.
+        refresh: ignore (and overwrite) a cached entry.
+        seed: seed of the random-init parts when the backbone is built here from a name/config.
+        progress: show a progress bar.
+        backbone_options: :class:`BackboneConfig` fields when ``backbone`` is a name (e.g. ``patch_size``).
+
+    Returns:
+        A :class:`FeatureSet`; ``metadata['cache_hit']`` says whether the backbone ran.
+    """
+    bb = resolve_backbone(backbone, datamodule.image_size, seed=seed, **backbone_options)
+    pooling = bb.check_pooling(pooling or bb.pooling)
+    if layers is not None and not 1 <= int(layers) <= max(1, bb.num_blocks):
+        raise UserError(f"layers must be between 1 and {bb.num_blocks} for '{bb.name}', got {layers}")
+    summaries = _summaries_for(bb, [pooling, *extra_poolings])
+    layers = None if layers is None else int(layers)
+    fingerprint = datamodule.fingerprint(split)
+    digest = weights_digest(bb)
+    key = feature_key(bb, fingerprint, split, dtype, digest)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key_dir = root / _slug(bb.name) / key
+    info = bb.info()
+    base_meta: dict[str, Any] = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "backbone": bb.name,
+        "family": bb.family,
+        "modality": modality(bb),
+        "pretrained": bool(bb.pretrained),
+        "num_params": int(info.num_params),
+        "embed_dim": int(bb.embed_dim),
+        "num_blocks": int(bb.num_blocks),
+        "default_pooling": bb.pooling,
+        "weights_digest": digest,
+        "split": split,
+        "fingerprint": fingerprint,
+        "image_size": int(datamodule.image_size),
+        "class_names": list(datamodule.class_names),
+        "dtype": dtype,
+    }
+
+    if cache and not refresh:
+        found = _find_entry(key_dir, layers, summaries)
+        loaded = _load_entry(found) if found is not None else None
+        if loaded is not None:
+            arr, labels, meta = loaded
+            log.info("feature cache hit: %s %s (%s)", bb.name, split, found)
+            return FeatureSet(np.empty(0), labels, {**meta, "cache_hit": True}, found, arr).view(
+                pooling, layers
+            )
+
+    batch_size = int(batch_size or getattr(datamodule, "eval_batch_size", None) or 128)
+    workers = int(num_workers if num_workers is not None else getattr(datamodule, "num_workers", 0))
+    device = device or default_device()
+    dataset = datamodule.dataset(split)
+    common: dict[str, Any] = dict(
+        layers=layers,
+        summaries=summaries,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        description=f"{bb.name} {split}",
+    )
+    if not cache:
+        arr, labels, timing = extract_summaries(bb, dataset, **common)
+        meta = _extraction_meta(base_meta, layers, summaries, timing, batch_size, device, cached=False)
+        return FeatureSet(np.empty(0), labels, meta, None, arr).view(pooling, layers)
+
+    entry_name = _entry_name(layers, summaries)
+    key_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name}.", suffix=".tmp", dir=key_dir))
+    final = key_dir / entry_name
+    try:
+
+        def allocate(shape: tuple[int, ...]) -> np.ndarray:
+            return np.lib.format.open_memmap(tmp / "summaries.npy", mode="w+", dtype=np.float32, shape=shape)
+
+        arr, labels, timing = extract_summaries(bb, dataset, allocate=allocate, **common)
+        if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
+            arr.flush()
+            del arr
+        else:  # unreadable images were skipped: store only the kept rows
+            kept = np.array(arr)
+            del arr  # close the memmap before overwriting its file
+            np.save(tmp / "summaries.npy", kept)
+        np.save(tmp / "labels.npy", labels)
+        meta = _extraction_meta(base_meta, layers, summaries, timing, batch_size, device, cached=True)
+        atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks a complete entry
+        if final.exists():  # refresh, or an unreadable entry: replace it
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process stored the same entry meanwhile: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    loaded = _load_entry(final)
+    assert loaded is not None, final
+    arr, labels, stored_meta = loaded
+    log.info(
+        "extracted %s %s: %d images in %.1fs (%.0f img/s) -> %s",
+        bb.name,
+        split,
+        len(labels),
+        timing["seconds"],
+        timing["images_per_s"],
+        final,
+    )
+    # report the timing of *this* pass (a concurrent writer's entry may carry its own)
+    meta = {
+        **stored_meta,
+        "throughput_img_s": meta["throughput_img_s"],
+        "extract_seconds": meta["extract_seconds"],
+    }
+    return FeatureSet(np.empty(0), labels, {**meta, "cache_hit": False}, final, arr).view(pooling, layers)
+
+
+def _extraction_meta(
+    base: dict[str, Any],
+    layers: int | None,
+    summaries: Sequence[str],
+    timing: dict[str, float],
+    batch_size: int,
+    device: Any,
+    cached: bool,
+) -> dict[str, Any]:
+    return {
+        **base,
+        "stored_layers": layers or 1,
+        "stored_final": layers is None,
+        "stored_summaries": list(summaries),
+        "num_images": int(timing["num_images"]),
+        "throughput_img_s": round(float(timing["images_per_s"]), 2),
+        "extract_seconds": round(float(timing["seconds"]), 3),
+        "batch_size": int(batch_size),
+        "device": str(device),
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cache_hit": False,
+        "cached": cached,
+    }

@@ -1,0 +1,104 @@
+"""``transferkit compare`` end to end from the CLI on real digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from transferkit.cli import main
+from transferkit.report import parse_markdown_table, percent
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = str(ROOT / "configs" / "compare" / "default.yaml")
+
+
+def write_folder(root: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    for c in range(4):
+        idx = np.flatnonzero(digits.target == c)
+        for split, sl in (("train", slice(0, 10)), ("val", slice(10, 15)), ("test", slice(15, 20))):
+            (root / split / str(c)).mkdir(parents=True, exist_ok=True)
+            for i in idx[sl]:
+                Image.fromarray(images[i]).save(root / split / str(c) / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_default_compare_minilm_next_to_its_random_twin(tmp_path, capsys):
+    """The README's main job: the default config on the built-in digits (probe epochs cut from 100 to 20 to
+    fit the test budget; everything else as shipped)."""
+    code = main(["compare", "--config", DEFAULT, "--runs_dir", str(tmp_path / "runs"), "--probe.epochs", "20",
+                 "--cache_dir", str(tmp_path / "cache"), "--progress", "false"])  # fmt: skip
+    assert code == 0
+    run = tmp_path / "runs" / "compare"
+    for f in ("config.yaml", "results.json", "report.md", "report.html", "plots/acc_vs_params.png",
+              "plots/acc_vs_throughput.png", "plots/per_class_accuracy.png"):  # fmt: skip
+        assert (run / f).is_file(), f
+    results = json.loads((run / "results.json").read_text())
+    by_name = {e["name"]: e for e in results["backbones"]}
+    assert list(by_name) == ["minilm-l6", "minilm-l6:random", "vit-tiny:random"]
+    assert by_name["minilm-l6"]["pretrained"] and not by_name["minilm-l6:random"]["pretrained"]
+    for e in by_name.values():
+        assert e["linear"]["test_acc1"] > 0.6  # chance is 0.1
+    report = (run / "report.md").read_text()
+    rows = {r["backbone"]: r for r in parse_markdown_table(report)}
+    assert rows["minilm-l6"]["linear top-1"] == percent(by_name["minilm-l6"]["linear"]["test_acc1"])
+    assert rows["minilm-l6:random"]["linear top-1"] == percent(
+        by_name["minilm-l6:random"]["linear"]["test_acc1"]
+    )
+    assert results["pretraining_gains"][0]["random_twin"] == "minilm-l6:random"
+    assert "random-init twin" in report
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["backbones"] == ["minilm-l6", "minilm-l6:random", "vit-tiny:random"]
+    perf = json.loads((tmp_path / "runs" / "performance.json").read_text())
+    assert len(perf["rows"]) == 6 and perf["rows"][0]["dataset"]["name"] == "digits"
+    out = capsys.readouterr().out
+    assert "minilm-l6:random: linear" in out and str(run / "report.md") in out
+
+
+@pytest.mark.slow
+def test_compare_folder_shorthand_with_finetune(tmp_path):
+    data = write_folder(tmp_path / "data")
+    args = ["compare", "--data", str(data), "--data.image_size", "32", "--backbones", "vit-micro,gpt2-tiny"]
+    args += [
+        "--probe.epochs",
+        "5",
+        "--probe.learning_rates",
+        "[0.1]",
+        "--knn.ks",
+        "[5]",
+        "--progress",
+        "false",
+    ]
+    args += ["--finetune", "--finetune_options.epochs", "1", "--finetune_options.limit_train_batches", "2"]
+    args += ["--runs_dir", str(tmp_path / "runs"), "--name", "ft", "--cache_dir", str(tmp_path / "cache")]
+    code = main([*args, "--no_record_performance"])
+    assert code == 0
+    results = json.loads((tmp_path / "runs" / "ft" / "results.json").read_text())
+    assert results["dataset"]["source"] == "imagefolder" and results["dataset"]["num_classes"] == 4
+    for e in results["backbones"]:
+        assert 0.0 <= e["finetune"]["test_acc1"] <= 1.0 and e["finetune"]["epochs"] == 1
+        assert (Path(e["finetune"]["log_dir"])).is_dir()
+    rows = parse_markdown_table((tmp_path / "runs" / "ft" / "report.md").read_text())
+    assert rows[0]["fine-tune top-1"] == percent(results["backbones"][0]["finetune"]["test_acc1"])
+    assert not (tmp_path / "runs" / "performance.json").exists()
+
+
+def test_compare_errors_are_one_line(tmp_path, capsys):
+    assert main(["compare", "--data", str(tmp_path / "nowhere"), "--runs_dir", str(tmp_path)]) == 2
+    assert "neither a data source" in capsys.readouterr().err
+    data = write_folder(tmp_path / "data")
+    code = main(["compare", "--data", str(data), "--backbones", "dinov9", "--runs_dir", str(tmp_path / "r"),
+                 "--cache_dir", str(tmp_path / "c")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    # one line, no traceback of ours (the last line; earlier lines are log messages)
+    assert err.strip().splitlines()[-1].startswith("error: unknown backbone 'dinov9'")

@@ -1,0 +1,182 @@
+"""Feature cache: hits, misses, invalidation, views and atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.backbones import build_backbone
+from transferkit.data import ImageClassificationDataModule
+from transferkit.errors import UserError
+from transferkit.probe.cache import get_features, resolve_backbone, weights_digest
+
+
+def dm_for(root: Path, **kw) -> ImageClassificationDataModule:
+    return ImageClassificationDataModule(
+        source="imagefolder", path=str(root), image_size=32, batch_size=16, **kw
+    )
+
+
+def count_forward(bb, monkeypatch) -> list[int]:
+    """Counts the images the backbone's forward passes see."""
+    seen = [0]
+    for name in ("forward_features", "forward_intermediates"):
+        original = getattr(bb, name)
+
+        def wrapped(images, *args, _original=original, **kwargs):
+            seen[0] += images.shape[0]
+            return _original(images, *args, **kwargs)
+
+        monkeypatch.setattr(bb, name, wrapped)
+    return seen
+
+
+def test_miss_then_hit_without_running_the_backbone(digits_folder, tmp_path, monkeypatch):
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    seen = count_forward(bb, monkeypatch)
+    first = get_features(bb, dm, "train", cache_dir=tmp_path / "c", progress=False)
+    assert not first.metadata["cache_hit"] and seen[0] == 120
+    assert first.features.shape == (120, bb.embed_dim) and first.features.dtype == np.float32
+    np.testing.assert_array_equal(first.labels, dm.dataset("train").targets)
+    assert first.metadata["throughput_img_s"] > 0 and first.metadata["num_params"] == bb.num_params()
+
+    second = get_features(bb, dm, "train", cache_dir=tmp_path / "c", progress=False)
+    assert second.metadata["cache_hit"] and seen[0] == 120  # the backbone did not run again
+    assert isinstance(second.features, np.memmap)
+    np.testing.assert_array_equal(second.features, first.features)
+    assert second.path == first.path
+
+    # the cached numbers are the backbone's own pooled output
+    images = torch.stack([dm.dataset("train")[i][0] for i in range(4)])
+    with torch.inference_mode():
+        expected = bb.eval()(images).numpy()
+    np.testing.assert_allclose(second.features[:4], expected, rtol=1e-4, atol=1e-5)
+    # nothing half-written is left behind
+    assert not [p for p in (tmp_path / "c").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_invalidation_backbone_weights_data_transform(digits_folder, tmp_path):
+    cache = tmp_path / "c"
+
+    def key(bb, dm):
+        return get_features(bb, dm, "val", cache_dir=cache, progress=False)
+
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    base = key(bb, dm)
+    assert key(bb, dm).metadata["cache_hit"]
+
+    # another backbone
+    other = key(resolve_backbone("gpt2-tiny", 32), dm)
+    assert not other.metadata["cache_hit"] and other.metadata["key"] != base.metadata["key"]
+
+    # the same name rebuilt: the random init is seeded, so the weights (and the cache entry) are the same
+    rebuilt = resolve_backbone("vit-micro", 32)
+    assert weights_digest(rebuilt) == weights_digest(bb)
+    assert key(rebuilt, dm).metadata["cache_hit"]
+
+    # changed weights
+    with torch.no_grad():
+        next(bb.parameters()).add_(0.5)
+    changed = key(bb, dm)
+    assert (
+        not changed.metadata["cache_hit"]
+        and changed.metadata["weights_digest"] != base.metadata["weights_digest"]
+    )
+    assert not np.allclose(changed.features, base.features)
+
+    # changed data: one more image in val
+    extra = digits_folder / "val" / "3" / "extra.png"
+    extra.write_bytes(
+        (digits_folder / "train" / "3" / os.listdir(digits_folder / "train" / "3")[0]).read_bytes()
+    )
+    more = key(rebuilt, dm_for(digits_folder))
+    assert not more.metadata["cache_hit"] and more.num_samples == base.num_samples + 1
+    extra.unlink()
+    assert key(rebuilt, dm_for(digits_folder)).metadata["cache_hit"]  # back to the original data: a hit
+
+    # changed eval transform (crop) and image size
+    assert not key(rebuilt, dm_for(digits_folder, crop_pct=0.875)).metadata["cache_hit"]
+    dm48 = ImageClassificationDataModule(source="imagefolder", path=str(digits_folder), image_size=48)
+    assert not key(resolve_backbone("vit-micro", 48), dm48).metadata["cache_hit"]
+
+
+def test_one_pass_serves_poolings_and_layers(digits_folder, tmp_path, monkeypatch):
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    seen = count_forward(bb, monkeypatch)
+    fs = get_features(
+        bb, dm, "test", layers=3, pooling="cls", extra_poolings=["mean"], cache_dir=tmp_path, progress=False
+    )
+    n = fs.num_samples
+    assert fs.features.shape == (n, 3, bb.embed_dim) and seen[0] == n
+    # other poolings / fewer blocks come from the same entry
+    for pooling, layers, shape in [
+        ("mean", 1, (n, 1, 64)),
+        ("cls+mean", 2, (n, 2, 128)),
+        ("mean", 3, (n, 3, 64)),
+    ]:
+        other = get_features(
+            bb, dm, "test", layers=layers, pooling=pooling, cache_dir=tmp_path, progress=False
+        )
+        assert other.metadata["cache_hit"] and other.features.shape == shape
+    assert seen[0] == n
+    view = fs.view("cls+mean", 2).features
+    np.testing.assert_array_equal(view[:, :, :64], fs.features[:, 1:, :])
+    # the stored blocks are the backbone's intermediates
+    images = torch.stack([dm.dataset("test")[i][0] for i in range(3)])
+    with torch.inference_mode():
+        blocks = bb.forward_intermediates(images, 3)
+    np.testing.assert_allclose(fs.features[:3, 0], blocks[0][:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        fs.view("mean", 1).features[:3, 0], blocks[-1][:, 1:].mean(1).numpy(), rtol=1e-4, atol=1e-5
+    )
+    # a pooling that was not stored needs a new pass
+    assert not get_features(
+        bb, dm, "test", layers=3, pooling="last", cache_dir=tmp_path, progress=False
+    ).metadata["cache_hit"]
+    with pytest.raises(UserError, match="not stored"):
+        fs.view("last", 1)
+
+
+def test_failed_extraction_leaves_no_entry(digits_folder, tmp_path, monkeypatch):
+    dm = dm_for(digits_folder)
+    bb = build_backbone("vit-micro", image_size=32)
+    calls = [0]
+    original = bb.forward_features
+
+    def flaky(images):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("out of memory")
+        return original(images)
+
+    monkeypatch.setattr(bb, "forward_features", flaky)
+    cache = tmp_path / "c"
+    with pytest.raises(RuntimeError):
+        get_features(bb, dm, "train", cache_dir=cache, progress=False)
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # neither a partial entry nor a temp file
+    fs = get_features(bb, dm, "train", cache_dir=cache, progress=False)
+    assert not fs.metadata["cache_hit"] and fs.num_samples == 120
+
+
+def test_unreadable_images_are_dropped_with_their_labels(digits_folder, tmp_path):
+    (digits_folder / "val" / "5" / "broken.png").write_bytes(b"not a png")
+    dm = dm_for(digits_folder, on_corrupt="skip")
+    fs = get_features("vit-micro", dm, "val", cache_dir=tmp_path, progress=False)
+    assert fs.num_samples == 60 and len(fs.labels) == 60
+    assert np.bincount(fs.labels).tolist() == [6] * 10
+    assert get_features("vit-micro", dm, "val", cache_dir=tmp_path, progress=False).metadata["cache_hit"]
+
+
+def test_bad_requests_are_user_errors(digits_folder, tmp_path):
+    dm = dm_for(digits_folder)
+    with pytest.raises(UserError, match="pooling 'cls'"):
+        get_features("gpt2-tiny", dm, "val", pooling="cls", cache_dir=tmp_path, progress=False)
+    with pytest.raises(UserError, match="layers must be between"):
+        get_features("gpt2-tiny", dm, "val", layers=7, cache_dir=tmp_path, progress=False)

@@ -1,0 +1,71 @@
+"""Report writer: Markdown + self-contained HTML, tables, images."""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import pytest
+
+from transferkit.report import Report, Table, format_value, params_m, parse_markdown_table, percent
+
+
+def test_table_formats_and_reads_back():
+    table = Table(
+        ["backbone", "params", "top-1", "note"],
+        [["a|b", 22_713_216, 0.86389, None], {"backbone": "c", "params": 5_000, "top-1": 1.0, "note": "x"}],
+        title="Results",
+        formats={"params": params_m, "top-1": percent},
+    )
+    md = table.to_markdown()
+    assert md.splitlines()[0] == "**Results**"
+    rows = parse_markdown_table(md, "Results")
+    assert rows == [
+        {"backbone": "a|b", "params": "22.71M", "top-1": "86.39", "note": "-"},
+        {"backbone": "c", "params": "0.01M", "top-1": "100.00", "note": "x"},
+    ]
+    assert table.records()[0]["params"] == 22_713_216
+    assert (
+        format_value(math.nan) == "-"
+        and format_value(0.123456) == "0.1235"
+        and format_value(3, ".1f") == "3.0"
+    )
+    with pytest.raises(ValueError, match="2 values for 4 columns"):
+        Table(["a", "b", "c", "d"], [[1, 2]]).cells()
+    rich_table = table.to_rich()
+    assert rich_table.row_count == 2 and rich_table.title == "Results"
+
+
+def test_report_writes_markdown_and_self_contained_html(tmp_path):
+    from transferkit.report import heatmap, scatter
+
+    run = tmp_path / "run"
+    inside = scatter([1, 10, 100], [50, 60, 70], ["a", "b", "c"], run / "plots" / "s.png", xlabel="x", ylabel="y",
+                     groups=["language", "vision", "vision"], logx=True)  # fmt: skip
+    outside = heatmap(
+        [[0.5, 1.0], [0.25, math.nan]], ["a", "b"], ["0", "1"], tmp_path / "elsewhere" / "h.png"
+    )
+    for p in (inside, outside):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = Report("Comparison", meta="digits, 3 backbones")
+    report.add_section("Summary").add_text("Pretraining **helps**.\n\n- one\n- two")
+    report.add_table(
+        columns=["backbone", "top-1"], rows=[["a", 0.5]], title="Main", formats={"top-1": percent}, key="main"
+    )
+    report.add_image(inside, "scatter").add_image(outside, "heatmap")
+    md_path, html_path = report.write(run)
+
+    md = md_path.read_text()
+    assert md.startswith("# Comparison\n") and "## Summary" in md and "Pretraining **helps**." in md
+    assert parse_markdown_table(md, "Main") == [{"backbone": "a", "top-1": "50.00"}]
+    assert "![scatter](plots/s.png)" in md and "![heatmap](plots/h.png)" in md  # outside image copied in
+    assert (run / "plots" / "h.png").is_file()
+    assert report.table("main").rows == [["a", 0.5]]
+
+    html = html_path.read_text()
+    assert "<table>" in html and "<strong>helps</strong>" in html and "<li>one</li>" in html
+    assert html.count('src="data:image/png;base64,') == 2
+    b64 = html.split('src="data:image/png;base64,')[1].split('"')[0]
+    assert base64.b64decode(b64) == inside.read_bytes()
+    assert not list(run.glob(".*.tmp"))
