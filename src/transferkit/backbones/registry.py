@@ -5,7 +5,8 @@ Name forms accepted by :func:`build_backbone`:
 - a registered name (``minilm-l6``, ``vit-tiny``, ``gpt2-tiny`` ...; see ``transferkit backbones``);
 - ``timm:<model>`` or any bare timm model name (``resnet18``, ``vit_small_patch16_224.augreg_in21k``);
 - ``hf:<hub id>`` or a hub id with a slash (``facebook/dinov2-small``, ``openai-community/gpt2``);
-- a local directory written by ``save_pretrained`` (its ``config.json`` decides the family).
+- a local directory written by ``save_pretrained`` (its ``config.json`` decides the family);
+- a directory written by :func:`transferkit.backbones.saved.save_backbone` (e.g. ``runs/<name>/backbone``).
 
 A ``:random`` suffix on any of these builds the random-init twin (same architecture, no pretrained weights).
 """
@@ -108,6 +109,8 @@ def build_backbone(
     **options: Any,
 ) -> Backbone:
     """Build a backbone by name (see module docstring for the accepted forms)."""
+    from transferkit.backbones.saved import is_saved_backbone, load_saved_backbone
+
     _ensure_loaded()
     base, random_suffix = split_random_suffix(name.strip())
     pretrained = pretrained and not random_suffix
@@ -126,6 +129,8 @@ def build_backbone(
         from transferkit.backbones.timm_vision import build_timm
 
         model = build_timm(base[len("timm:") :], pretrained=pretrained, **common)
+    elif is_saved_backbone(base):  # a directory written by save_backbone (e.g. runs/<name>/backbone)
+        model = load_saved_backbone(base, pretrained=pretrained, **common)
     elif base.startswith("hf:") or Path(base).expanduser().is_dir() or "/" in base:
         model = _build_hf(base.removeprefix("hf:"), pretrained=pretrained, **common)
     elif _is_timm_model(base):

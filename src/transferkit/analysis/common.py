@@ -1,0 +1,150 @@
+"""Shared pieces of the analyses: image samples, the reference (starting) backbone, block modules, outputs.
+
+Every analysis writes ``<run>/analysis/<what>/`` (PNGs + ``<what>.json``) and its section of the run's
+``report.md``/``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.backbones.base import Backbone
+from transferkit.errors import UserError
+from transferkit.evaluation.report import update_run_report
+from transferkit.evaluation.run import Run
+from transferkit.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(run: Run, what: str) -> Path:
+    out = run.path / "analysis" / what
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def sample_indices(labels: list[int], max_images: int | None, seed: int = 0) -> np.ndarray:
+    """Up to ``max_images`` indices, stratified by class (every class gets its share), sorted."""
+    n = len(labels)
+    if max_images is None or max_images >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    labels_np = np.asarray(labels)
+    classes = np.unique(labels_np)
+    per_class = max(1, max_images // len(classes))
+    picked: list[int] = []
+    for c in classes:
+        idx = np.flatnonzero(labels_np == c)
+        picked.extend(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
+    rest = np.setdiff1d(np.arange(n), picked)
+    if len(picked) < max_images and len(rest):
+        picked.extend(rng.choice(rest, size=min(max_images - len(picked), len(rest)), replace=False).tolist())
+    return np.sort(np.asarray(picked[:max_images]))
+
+
+def load_images(
+    run: Run, split: str, max_images: int | None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A class-stratified sample of ``split`` with the eval transform: images (N, 3, S, S) in [0, 1], labels (N,)."""
+    ds = run.datamodule.dataset(split)
+    idx = sample_indices(ds.targets, max_images, seed)
+    items = [ds[int(i)] for i in idx]
+    items = [it for it in items if it is not None]
+    if not items:
+        raise UserError(f"the {split} split has no readable images")
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
+def batched(fn, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """``fn`` over ``x`` in batches, results concatenated on dim 0."""
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def reference_backbone(run: Run, reference: str | None) -> tuple[Backbone | None, str]:
+    """The backbone to compare the run's trained one with, and a description.
+
+    ``reference`` None: the run's starting point rebuilt from its config (exact for pretrained weights and
+    saved backbones; None for a random init, which cannot be reproduced). A ``.ckpt`` path: the backbone of that
+    classification checkpoint. Anything else: a backbone name or directory (``build_backbone``, pretrained).
+    """
+    from transferkit.backbones.registry import BackboneConfig, build_backbone, build_backbone_from_config
+
+    image_size = int(run.model.hparams.get("image_size") or run.datamodule.image_size)
+    if reference is None:
+        cfg = run.model.backbone_cfg
+        if not isinstance(cfg, BackboneConfig):
+            cfg = BackboneConfig(**dict(cfg))
+        bb = build_backbone_from_config(cfg, image_size=image_size)
+        if not bb.pretrained:
+            return None, (
+                f"the run started from a random init of '{cfg.name}', which cannot be rebuilt exactly; pass "
+                "--reference (a backbone name/dir or a .ckpt) to measure weight changes"
+            )
+        return bb.eval(), f"starting point: {cfg.name} (pretrained)"
+    path = Path(reference).expanduser()
+    if path.suffix == ".ckpt":
+        if not path.is_file():
+            raise UserError(f"reference checkpoint '{reference}' does not exist")
+        other = type(run.model).load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+        return other.backbone.eval(), f"checkpoint {path}"
+    return build_backbone(reference, True, image_size=image_size).eval(), f"backbone {reference}"
+
+
+def canonical_name(name: str) -> str:
+    """Parameter name without peft's LoRA wrapping (``.base_layer``), to match the un-adapted backbone."""
+    return name.replace(".base_layer.", ".")
+
+
+def block_modules(backbone: Backbone) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of each block in ``layer_groups()`` order: the deepest module containing all of the
+    group's parameters (e.g. ``model.blocks.3``, ``lm.encoder.layer.1``, a CNN stage)."""
+    out = []
+    groups = backbone.layer_groups()[1:-1]
+    for gi, names in enumerate(groups):
+        if not names:
+            continue
+        parts = [n.split(".")[:-1] for n in names]
+        common: list[str] = []
+        for level in zip(*parts):
+            if len(set(level)) != 1:
+                break
+            common.append(level[0])
+        name = ".".join(common)
+        if not name:
+            raise UserError(f"cannot locate block {gi} of '{backbone.name}' (its parameters share no module)")
+        out.append((name, backbone.get_submodule(name)))
+    return out
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The hidden-state tensor of a block's output (HF blocks return tuples)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    return None
+
+
+def finish(run: Run, what: str, data: dict[str, Any], files: dict[str, Path], section: str) -> dict[str, Any]:
+    """Write ``<what>.json`` (numbers + relative file paths) and the report section; returns the JSON dict."""
+    out = output_dir(run, what)
+    data = {"run": run.name, "checkpoint": str(run.checkpoint), "analysis": what, **data}
+    data["files"] = {k: str(Path(v).relative_to(run.path)) for k, v in files.items()}
+    atomic_write_json(out / f"{what}.json", data)
+    images = "\n".join(f"![{k}]({data['files'][k]})" for k in files)
+    body = f"## Analysis: {what}\n\nJSON: `analysis/{what}/{what}.json`.\n\n{section.strip()}\n\n{images}\n"
+    update_run_report(run.path, f"analysis-{what}", body)
+    log.info("wrote %s", out / f"{what}.json")
+    return data
