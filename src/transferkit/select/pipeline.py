@@ -1,0 +1,370 @@
+"""The learned-ranker pipeline: performance table -> model and dataset embeddings -> trained ranker bundle;
+its predictions for new (dataset, backbones); leave-one-dataset-out evaluation.
+
+A *dataset spec* (the ``data`` of a performance row) says how to rebuild a dataset:
+``{"source": "digits"|"imagefolder"|"csv"|"cifar10"|"cifar100", "path": ..., "image_size": 64,
+"classes": [optional subset of class names], "split": "train"}``; its *key* (:func:`dataset_key`) is a
+readable stable string such as ``digits@32`` or ``digits@32[0,3,5,7]``.
+
+:class:`EmbeddingStore` caches weight-statistics vectors (per backbone and image size) and dataset token sets
+(per dataset key, encoder, sample size and seed) as ``.npy`` files, so re-training or evaluating never
+rebuilds a backbone or re-reads images it has already summarised.
+
+A trained :class:`LearnedRanker` is a folder: ``ranker.json`` (settings, datasets and models it was
+trained on), ``autoencoder/`` and ``ranker/`` (each ``model.pt``, ``history.json``, ``loss_curves.png``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from transferkit.errors import UserError
+from transferkit.select.dataset_embed import class_balanced_indices, resolve_encoder
+from transferkit.select.evaluate import LodoResult, leave_one_dataset_out
+from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
+from transferkit.select.ranker import RankExample, RankingTransformer, predict_scores
+from transferkit.select.table import PerfRow, truth_by_dataset
+from transferkit.utils.io import atomic_write_json
+
+if TYPE_CHECKING:  # the trainers import Lightning, which scoring alone does not need
+    from transferkit.select.trainers import AutoencoderTrainer, RankerTrainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def data_spec(
+    source: str, path: str | None, image_size: int, classes: Sequence[str] | None = None, split: str = "train"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"source": source, "path": path, "image_size": int(image_size), "split": split}
+    if classes is not None:
+        spec["classes"] = [str(c) for c in classes]
+    return spec
+
+
+def dataset_key(spec: Mapping[str, Any]) -> str:
+    """Readable stable key of a dataset spec: ``source[:path]@size[class subset]``."""
+    key = str(spec.get("source", "data"))
+    if spec.get("path"):
+        key += f":{spec['path']}"
+    key += f"@{spec.get('image_size', '?')}"
+    if spec.get("classes") is not None:
+        key += "[" + ",".join(str(c) for c in spec["classes"]) + "]"
+    return key
+
+
+def build_datamodule(spec: Mapping[str, Any]) -> Any:
+    """The ``ImageClassificationDataModule`` a spec describes."""
+    from transferkit.data import ImageClassificationDataModule
+
+    if "source" not in spec:
+        raise UserError(f"dataset spec {dict(spec)} has no 'source'; cannot rebuild the dataset")
+    return ImageClassificationDataModule(
+        source=spec["source"], path=spec.get("path"), image_size=int(spec.get("image_size") or 64)
+    )
+
+
+def subset_indices(dm: Any, spec: Mapping[str, Any], split: str) -> np.ndarray:
+    """Indices of ``split`` items whose class is in ``spec['classes']`` (all items when absent)."""
+    targets = np.asarray(dm.dataset(split).targets, dtype=np.int64)
+    if spec.get("classes") is None:
+        return np.arange(len(targets))
+    names = list(dm.class_names)
+    missing = [c for c in spec["classes"] if c not in names]
+    if missing:
+        raise UserError(f"classes {missing} are not in the dataset ({names[:10]}...)")
+    keep = np.isin(targets, [names.index(c) for c in spec["classes"]])
+    return np.flatnonzero(keep)
+
+
+# ---------------------------------------------------------------------------------------------- store
+@dataclass
+class EmbeddingSettings:
+    """How models and datasets are embedded (stored with a trained ranker, reused at inference).
+
+    Args:
+        encoder: dataset encoder backbone (``auto``: CLIP/SigLIP when cached locally, else ``minilm-l6``).
+        max_samples: images per dataset token set (class-balanced).
+        stats_dim: weight-statistics vector length.
+        stats_slots: depth slots of the weight statistics.
+        seed: seed of the class-balanced sample.
+    """
+
+    encoder: str = "auto"
+    max_samples: int = 128
+    stats_dim: int = 8192
+    stats_slots: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        per_slot = self.stats_dim // max(1, self.stats_slots)
+        if self.stats_slots < 1 or self.stats_dim % self.stats_slots or per_slot % 2 or per_slot // 2 <= 8:
+            raise UserError(
+                f"stats_dim ({self.stats_dim}) must be stats_slots ({self.stats_slots}) x an even per-slot width "
+                "> 16 (e.g. 8192 = 64 x 128, 1024 = 16 x 64)"
+            )
+        if self.max_samples < 2:
+            raise UserError(f"max_samples must be >= 2, got {self.max_samples}")
+
+
+class EmbeddingStore:
+    """Weight vectors and dataset token sets, computed once and cached under ``root`` (None: in memory)."""
+
+    def __init__(self, settings: EmbeddingSettings, root: str | Path | None = None, cache_dir: Any = None):
+        self.settings = settings
+        self.root = Path(root) if root is not None else None
+        self.cache_dir = cache_dir
+        self._memory: dict[str, np.ndarray] = {}
+        self._encoders: dict[int, Any] = {}
+
+    def _file(self, kind: str, key: str) -> Path | None:
+        if self.root is None:
+            return None
+        digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+        return self.root / kind / f"{digest}.npy"
+
+    def _get(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        mem_key = f"{kind}/{key}"
+        if mem_key in self._memory:
+            return self._memory[mem_key]
+        path = self._file(kind, key)
+        if path is not None and path.is_file():
+            arr = np.load(path)
+        else:
+            arr = compute()
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.stem}.tmp.npy")
+                np.save(tmp, arr)
+                tmp.replace(path)
+        self._memory[mem_key] = arr
+        return arr
+
+    def model_vector(self, name: str, image_size: int = 224, backbone: Any = None) -> np.ndarray:
+        """Weight-statistics vector of backbone ``name`` built at ``image_size`` (or of ``backbone``)."""
+        s = self.settings
+
+        def compute() -> np.ndarray:
+            from transferkit.probe.cache import resolve_backbone
+
+            bb = backbone if backbone is not None else resolve_backbone(name, image_size, seed=0)
+            return weight_statistics(bb, dim=s.stats_dim, slots=s.stats_slots)
+
+        return self._get("models", f"{name}|{image_size}|{s.stats_dim}|{s.stats_slots}", compute)
+
+    def encoder(self, image_size: int) -> Any:
+        if image_size not in self._encoders:
+            name, bb = resolve_encoder(self.settings.encoder, image_size)
+            self.settings.encoder = name  # pin 'auto' to what was used
+            self._encoders[image_size] = bb
+        return self._encoders[image_size]
+
+    def dataset_tokens(self, spec: Mapping[str, Any], datamodule: Any = None) -> np.ndarray:
+        """``(n, D)`` token set of the dataset ``spec`` describes (``datamodule`` reused when given)."""
+        from transferkit.probe.cache import get_features
+        from transferkit.select.dataset_embed import _SubsetData
+
+        s = self.settings
+        image_size = int(spec.get("image_size") or 64)
+        split = str(spec.get("split") or "train")
+
+        def compute() -> np.ndarray:
+            dm = datamodule if datamodule is not None else build_datamodule(spec)
+            idx = subset_indices(dm, spec, split)
+            targets = np.asarray(dm.dataset(split).targets)[idx]
+            pick = idx[class_balanced_indices(targets, s.max_samples, s.seed)]
+            fs = get_features(
+                self.encoder(image_size),
+                _SubsetData(dm, split, pick),
+                split,
+                cache_dir=self.cache_dir,
+                progress=False,
+            )
+            return torch.nn.functional.normalize(
+                torch.from_numpy(np.array(fs.features, dtype=np.float32)), dim=1
+            ).numpy()
+
+        if s.encoder == "auto":
+            self.encoder(image_size)  # resolve 'auto' first: the encoder is part of the key
+        key = f"{dataset_key(spec)}|{split}|{s.encoder}|{s.max_samples}|{s.seed}"
+        return self._get("datasets", key, compute)
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+@dataclass
+class LearnedRanker:
+    """A trained autoencoder + ranking transformer + the settings that embed new models and datasets."""
+
+    autoencoder: WeightAutoencoder
+    ranker: RankingTransformer
+    settings: EmbeddingSettings
+    meta: dict[str, Any]
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        for sub, model in (("autoencoder", self.autoencoder), ("ranker", self.ranker)):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+            tmp = out / sub / ".model.pt.tmp"
+            torch.save(model.checkpoint(), tmp)
+            tmp.replace(out / sub / "model.pt")
+        return atomic_write_json(out / "ranker.json", {"settings": asdict(self.settings), **self.meta})
+
+    @classmethod
+    def load(cls, path: str | Path) -> LearnedRanker:
+        root = Path(path)
+        if not (root / "ranker.json").is_file():
+            raise UserError(
+                f"{root} is not a trained ranker folder (no ranker.json); train one with 'transferkit rank train ranker'"
+            )
+        meta = json.loads((root / "ranker.json").read_text())
+        settings = EmbeddingSettings(**meta.pop("settings"))
+        ae = WeightAutoencoder.from_checkpoint(
+            torch.load(root / "autoencoder" / "model.pt", weights_only=False)
+        )
+        rk = RankingTransformer.from_checkpoint(torch.load(root / "ranker" / "model.pt", weights_only=False))
+        return cls(ae, rk, settings, meta)
+
+    @torch.no_grad()
+    def score(self, tokens: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores ``(M,)`` (higher = better) of models with weight vectors ``(M, dim)`` for a token set."""
+        codes = self.autoencoder.embed(vectors)
+        return predict_scores(self.ranker, tokens, codes)
+
+
+def resolve_specs(
+    rows: Sequence[PerfRow], known: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{dataset fingerprint: spec}`` for every dataset of ``rows``.
+
+    A row written by ``rank benchmark`` carries its spec; a ``compare`` row records only the dataset's name
+    and fingerprint, so its spec comes from ``known`` (the ``data`` of the score table's rows, written by
+    ``transferkit rank --data ...``) or, for the built-in ``digits``, from the name.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.dataset in out:
+            continue
+        data = dict(r.data)
+        if "source" not in data:
+            if known and r.dataset in known:
+                data = {**data, **known[r.dataset]}
+            elif r.dataset_name == "digits":
+                data["source"] = "digits"
+            else:
+                raise UserError(
+                    f"dataset '{r.dataset_name}' ({r.dataset}) of the performance table records no location; "
+                    "run 'transferkit rank --data PATH --backbones ...' on it once (the score table then knows "
+                    "where it lives) and train again"
+                )
+        out[r.dataset] = data
+    return out
+
+
+def build_examples(
+    rows: Sequence[PerfRow],
+    store: EmbeddingStore,
+    codes: Mapping[str, np.ndarray],
+    progress: Callable[[str], None] | None = None,
+    known_specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[RankExample]:
+    """One :class:`RankExample` per dataset of ``rows`` with at least 2 models (``codes[model]``);
+    ``known_specs``: see :func:`resolve_specs`."""
+    truth = truth_by_dataset(rows)
+    specs = resolve_specs(rows, known_specs)
+    examples = []
+    for key, accs in truth.items():
+        models = sorted(m for m in accs if m in codes)
+        if len(models) < 2:
+            log.info("dataset %s: fewer than 2 models with embeddings; skipped", key)
+            continue
+        if progress is not None:
+            progress(key)
+        tokens = store.dataset_tokens(specs[key])
+        examples.append(
+            RankExample(
+                key, tokens, np.stack([codes[m] for m in models]), np.array([accs[m] for m in models]), models
+            )
+        )
+    return examples
+
+
+def model_image_sizes(rows: Sequence[PerfRow]) -> dict[str, int]:
+    """The image size each model's weight vector is computed at: that of its first row (default 224)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        out.setdefault(r.model, int(r.data.get("image_size") or 224))
+    return out
+
+
+def train_learned_ranker(
+    rows: Sequence[PerfRow],
+    store: EmbeddingStore,
+    autoencoder_trainer: AutoencoderTrainer,
+    ranker_trainer: RankerTrainer,
+    out_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    known_specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[LearnedRanker, list[RankExample], dict[str, TrainResult]]:
+    """Embed every model (weights -> autoencoder) and dataset (encoder tokens) of ``rows`` and train the
+    ranker on them. Returns the bundle (saved to ``out_dir`` when given), the examples and both results.
+    ``known_specs``: see :func:`resolve_specs`."""
+    sizes = model_image_sizes(rows)
+    names = sorted(sizes)
+    if len(names) < 2:
+        raise UserError("the performance table needs at least 2 models")
+    vectors = []
+    for n in names:
+        if progress is not None:
+            progress(f"weights of {n}")
+        vectors.append(store.model_vector(n, sizes[n]))
+    if out_dir is not None:
+        autoencoder_trainer.out_dir = Path(out_dir) / "autoencoder"
+        ranker_trainer.out_dir = Path(out_dir) / "ranker"
+    ae_result = autoencoder_trainer.fit(np.stack(vectors), names)
+    codes = dict(zip(names, ae_result.model.embed(np.stack(vectors))))
+    examples = build_examples(
+        rows,
+        store,
+        codes,
+        progress=(lambda k: progress(f"tokens of {k}")) if progress else None,
+        known_specs=known_specs,
+    )
+    if not examples:
+        raise UserError("no dataset in the performance table has at least 2 models")
+    rk_result = ranker_trainer.fit(examples)
+    meta = {
+        "datasets": [e.dataset for e in examples],
+        "models": names,
+        "metric": sorted({r.metric for r in rows}),
+    }
+    bundle = LearnedRanker(ae_result.model, rk_result.model, store.settings, meta)
+    if out_dir is not None:
+        bundle.save(out_dir)
+    return bundle, examples, {"autoencoder": ae_result, "ranker": rk_result}
+
+
+def evaluate_lodo(
+    examples: Sequence[RankExample],
+    make_trainer: Callable[[], RankerTrainer],
+    baselines: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LodoResult:
+    """Leave-one-dataset-out: a fresh ranker from ``make_trainer()`` per held-out dataset."""
+    by_key = {e.dataset: e for e in examples}
+    truth = {e.dataset: dict(zip(e.models, map(float, e.targets))) for e in examples}
+
+    def train_and_predict(train: list[str], held: str) -> dict[str, float]:
+        result = make_trainer().fit([by_key[k] for k in train])
+        ex = by_key[held]
+        return dict(zip(ex.models, map(float, predict_scores(result.model, ex.data_tokens, ex.model_codes))))
+
+    return leave_one_dataset_out(list(by_key), truth, train_and_predict, baselines, progress)

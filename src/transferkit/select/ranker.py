@@ -1,0 +1,217 @@
+"""The learned ranker: a cross-attention transformer that scores candidate models for a dataset.
+
+Inputs for one dataset (batched with padding masks, ``True`` = padding):
+
+- ``data_tokens (B, T, D_data)`` / ``data_mask (B, T)``: the dataset's token set
+  (:mod:`transferkit.select.dataset_embed`), the *memory*;
+- ``model_codes (B, M, D_model)`` / ``model_mask (B, M)``: one embedding per candidate model
+  (:mod:`transferkit.select.model_embed`), the *queries*.
+
+Architecture (``torch.nn.TransformerDecoder``, pre-norm): dataset tokens are projected to ``d_model`` and
+refined by ``encoder_layers`` self-attention layers; each candidate model becomes one query token (an MLP of
+its code); ``layers`` decoder layers let the model queries attend to each other (the list is ranked jointly)
+and cross-attend to the dataset tokens; a linear head gives one score per model, ``(B, M)``. No positional
+encodings: the output is equivariant to the order of the candidates and invariant to the order of the
+dataset tokens.
+
+Losses (``scores``, ``targets`` ``(B, M)``, ``mask`` ``(B, M)`` ``True`` = padding), both
+listwise-by-dataset:
+
+- :func:`listmle_loss`: ListMLE (Xia et al., ICML 2008), the negative Plackett-Luce log-likelihood of the
+  true order: ``-sum_i [s_{pi(i)} - log sum_{j >= i} exp s_{pi(j)}]``, averaged over datasets;
+- :func:`pairwise_loss`: RankNet (Burges et al., ICML 2005), logistic loss on every pair with different
+  targets, ``log(1 + exp(-(s_i - s_j)))`` for ``t_i > t_j``, weighted by ``|t_i - t_j|`` when
+  ``weighted``.
+
+Both are written here: neither torch nor a maintained library we depend on ships them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.errors import UserError
+
+RANK_LOSSES = ("listmle", "pairwise")
+
+
+@dataclass
+class RankerConfig:
+    """Shape of :class:`RankingTransformer`.
+
+    Args:
+        model_dim: length of a model embedding (the autoencoder's code).
+        data_dim: width of a dataset token (the encoder's embedding).
+        d_model: transformer width.
+        heads: attention heads.
+        layers: decoder layers (model queries: self-attention + cross-attention to the dataset).
+        encoder_layers: self-attention layers over the dataset tokens before they serve as memory.
+        ff_mult: feed-forward width as a multiple of ``d_model``.
+        dropout: dropout in attention and feed-forward blocks.
+    """
+
+    model_dim: int = 512
+    data_dim: int = 512
+    d_model: int = 64
+    heads: int = 4
+    layers: int = 2
+    encoder_layers: int = 1
+    ff_mult: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise UserError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if min(self.model_dim, self.data_dim, self.d_model, self.layers, self.ff_mult) < 1:
+            raise UserError("ranker widths, layers and ff_mult must be positive")
+        if self.encoder_layers < 0 or not 0 <= self.dropout < 1:
+            raise UserError("encoder_layers must be >= 0 and dropout in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RankingTransformer(nn.Module):
+    """Scores ``(B, M)`` of candidate models (queries) for datasets (memory); see the module docstring."""
+
+    def __init__(self, config: RankerConfig | None = None, **kwargs: Any):
+        super().__init__()
+        self.config = c = config or RankerConfig(**kwargs)
+        self.data_proj = nn.Sequential(nn.LayerNorm(c.data_dim), nn.Linear(c.data_dim, c.d_model))
+        self.model_proj = nn.Sequential(
+            nn.LayerNorm(c.model_dim),
+            nn.Linear(c.model_dim, c.d_model),
+            nn.GELU(),
+            nn.Linear(c.d_model, c.d_model),
+        )
+        ff = c.ff_mult * c.d_model
+        self.data_encoder = (
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(
+                    c.d_model, c.heads, ff, c.dropout, batch_first=True, norm_first=True
+                ),
+                c.encoder_layers,
+                enable_nested_tensor=False,
+            )
+            if c.encoder_layers
+            else None
+        )
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(c.d_model, c.heads, ff, c.dropout, batch_first=True, norm_first=True),
+            c.layers,
+        )
+        self.norm = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, 1)
+
+    def forward(
+        self,
+        model_codes: torch.Tensor,
+        data_tokens: torch.Tensor,
+        model_mask: torch.Tensor | None = None,
+        data_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``model_codes (B, M, model_dim)``, ``data_tokens (B, T, data_dim)`` -> scores ``(B, M)``."""
+        c = self.config
+        if model_codes.ndim != 3 or model_codes.shape[-1] != c.model_dim:
+            raise UserError(f"model_codes must be (B, M, {c.model_dim}), got {tuple(model_codes.shape)}")
+        if data_tokens.ndim != 3 or data_tokens.shape[-1] != c.data_dim:
+            raise UserError(f"data_tokens must be (B, T, {c.data_dim}), got {tuple(data_tokens.shape)}")
+        if model_codes.shape[0] != data_tokens.shape[0]:
+            raise UserError(
+                f"{model_codes.shape[0]} model lists but {data_tokens.shape[0]} datasets; one list per dataset"
+            )
+        memory = self.data_proj(data_tokens)
+        if self.data_encoder is not None:
+            memory = self.data_encoder(memory, src_key_padding_mask=data_mask)
+        queries = self.model_proj(model_codes)
+        out = self.decoder(
+            queries, memory, tgt_key_padding_mask=model_mask, memory_key_padding_mask=data_mask
+        )
+        scores = self.head(self.norm(out)).squeeze(-1)
+        if model_mask is not None:
+            scores = scores.masked_fill(model_mask, 0.0)
+        return scores
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> RankingTransformer:
+        model = cls(RankerConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def _valid(targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(targets, dtype=torch.bool) if mask is None else ~mask
+
+
+def listmle_loss(
+    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ListMLE: mean over datasets of ``-log P_PL(true order | scores)``; padding (``mask`` True) ignored."""
+    valid = _valid(targets, mask)
+    order = torch.argsort(targets.masked_fill(~valid, float("-inf")), dim=1, descending=True)
+    s = torch.gather(scores, 1, order)
+    v = torch.gather(valid, 1, order)  # valid entries come first in each row
+    # padding gets a large finite negative (not -inf: -inf - -inf would give NaN gradients)
+    s = s.masked_fill(~v, -1e9)
+    # log sum_{j >= i} exp s_j via a reversed cumulative logsumexp
+    tail = torch.logcumsumexp(s.flip(1), dim=1).flip(1)
+    terms = torch.where(v, tail - s, torch.zeros_like(s))
+    per_list = terms.sum(dim=1) / v.sum(dim=1).clamp_min(1)
+    return per_list.mean()
+
+
+def pairwise_loss(
+    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, weighted: bool = True
+) -> torch.Tensor:
+    """RankNet logistic loss over ordered pairs ``t_i > t_j`` of each list (weighted by ``|t_i - t_j|``)."""
+    valid = _valid(targets, mask)
+    diff_t = targets[:, :, None] - targets[:, None, :]
+    pair = (diff_t > 0) & valid[:, :, None] & valid[:, None, :]
+    diff_s = scores[:, :, None] - scores[:, None, :]
+    loss = nn.functional.softplus(-diff_s)
+    w = diff_t.abs() if weighted else torch.ones_like(diff_t)
+    w = w * pair
+    return (loss * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def ranking_loss(
+    name: str, scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Dispatch to :func:`listmle_loss` or :func:`pairwise_loss` by ``name``."""
+    key = name.lower()
+    if key == "listmle":
+        return listmle_loss(scores, targets, mask)
+    if key == "pairwise":
+        return pairwise_loss(scores, targets, mask)
+    raise UserError(f"unknown ranking loss '{name}'; choose one of {list(RANK_LOSSES)}")
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class RankExample:
+    """One dataset's training list: ``data_tokens (T, D_data)``, ``model_codes (M, D_model)``, ``targets (M,)``
+    (accuracies; higher = better) and the model names."""
+
+    dataset: str
+    data_tokens: np.ndarray
+    model_codes: np.ndarray
+    targets: np.ndarray
+    models: list[str]
+
+
+@torch.no_grad()
+def predict_scores(model: RankingTransformer, data_tokens: np.ndarray, model_codes: np.ndarray) -> np.ndarray:
+    """Ranker scores ``(M,)`` of ``model_codes (M, D_model)`` for one dataset ``data_tokens (T, D_data)``."""
+    model.eval()
+    tokens = torch.as_tensor(np.asarray(data_tokens, dtype=np.float32))[None]
+    codes = torch.as_tensor(np.asarray(model_codes, dtype=np.float32))[None]
+    return model(codes, tokens).squeeze(0).numpy()

@@ -1,0 +1,572 @@
+"""Named trainers for the learned ranker's parts, run through one Lightning loop.
+
+``transferkit rank train --list`` lists them; a trainer is found by name case-insensitively, with or without
+the ``Trainer`` suffix (``autoencoder``, ``Autoencoder``, ``AutoencoderTrainer`` are the same).
+
+| name | trains | data |
+|---|---|---|
+| ``autoencoder`` | :class:`~transferkit.select.model_embed.WeightAutoencoder` | weight-statistics vectors ``(N, dim)`` |
+| ``ranker`` | :class:`~transferkit.select.ranker.RankingTransformer` | :class:`RankExample` lists |
+
+Every trainer shares :class:`TrainConfig`: AdamW, an LR schedule (``plateau``: ReduceLROnPlateau on the
+validation loss; ``cosine``: cosine decay over ``max_epochs`` after ``warmup_epochs`` of linear warm-up;
+``none``), gradient-norm clipping (Lightning's ``gradient_clip_val``), early stopping on the validation loss
+(Lightning's ``EarlyStopping``; the best epoch's weights are restored at the end), a JSON history (one row per
+epoch: train/val loss and their parts, LR, gradient norm, seconds) and loss-curve plots (linear, log scale,
+rolling mean) written to ``out_dir`` when given: ``history.json``, ``loss_curves.png``, ``model.pt``.
+The validation split is a fixed (``seed``) ``val_fraction`` of the items (datasets for the ranker); with
+fewer than 4 items there is no held-out split and the training loss is monitored instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from transferkit.errors import UserError
+from transferkit.select.model_embed import AutoencoderConfig, WeightAutoencoder
+from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_scores: re-exported)
+    RANK_LOSSES,
+    RankerConfig,
+    RankExample,
+    RankingTransformer,
+    predict_scores,
+    ranking_loss,
+)
+from transferkit.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("plateau", "cosine", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every trainer.
+
+    Args:
+        max_epochs: upper bound on epochs.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: items per step (vectors for the autoencoder, datasets for the ranker).
+        scheduler: ``plateau``, ``cosine`` or ``none``.
+        warmup_epochs: linear warm-up epochs (``cosine`` only).
+        plateau_factor: LR multiplier when the validation loss plateaus (``plateau``).
+        plateau_patience: epochs without improvement before the LR drops (``plateau``).
+        grad_clip: max gradient norm (0 = no clipping).
+        patience: early-stopping patience in epochs (0 = train all ``max_epochs``).
+        min_delta: improvement below this does not reset the early-stopping counter.
+        val_fraction: fraction of items held out for validation (at least 1 when there are >= 4 items).
+        seed: seed of the split, the initialisation and the data order.
+        progress: show Lightning's progress bar.
+    """
+
+    max_epochs: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    scheduler: str = "plateau"
+    warmup_epochs: int = 0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    grad_clip: float = 1.0
+    patience: int = 40
+    min_delta: float = 0.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.scheduler = self.scheduler.lower()
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"unknown scheduler '{self.scheduler}'; choose one of {list(SCHEDULERS)}")
+        if self.max_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UserError("max_epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.grad_clip < 0 or self.patience < 0:
+            raise UserError("grad_clip and patience must be >= 0")
+
+
+@dataclass
+class TrainResult:
+    """What a trainer returns: the trained ``model`` (best epoch's weights, eval mode), the ``history``
+    dict (also written as ``history.json``) and the files written."""
+
+    model: nn.Module
+    history: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+TRAINERS: dict[str, type[BaseTrainer]] = {}
+
+
+def _key(name: str) -> str:
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    return key[: -len("trainer")] if key.endswith("trainer") and key != "trainer" else key
+
+
+def register_trainer(cls: type[BaseTrainer]) -> type[BaseTrainer]:
+    """Class decorator: register a trainer under ``cls.name``."""
+    key = _key(cls.name)
+    if key in TRAINERS:
+        raise RuntimeError(f"trainer '{cls.name}' registered twice")
+    TRAINERS[key] = cls
+    return cls
+
+
+def get_trainer(name: str) -> type[BaseTrainer]:
+    """The trainer class registered as ``name`` (case-insensitive; a ``Trainer`` suffix is optional)."""
+    key = _key(name)
+    if key not in TRAINERS:
+        known = ", ".join(cls.__name__ for cls in TRAINERS.values())
+        raise UserError(f"unknown trainer '{name}'; known: {known} (see 'transferkit rank train --list')")
+    return TRAINERS[key]
+
+
+def list_trainers() -> list[tuple[str, str, str]]:
+    """``(name, class name, description)`` of every registered trainer."""
+    return [(cls.name, cls.__name__, cls.description) for cls in TRAINERS.values()]
+
+
+# ---------------------------------------------------------------------------------------------- loop
+class _LitModule(L.LightningModule):
+    """Wraps a model and a ``loss_fn(model, batch) -> {'loss': ..., <parts>}`` for Lightning."""
+
+    def __init__(
+        self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], dict[str, torch.Tensor]], cfg: TrainConfig
+    ):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.cfg = cfg
+        self._grad_norms: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out = self.loss_fn(self.model, batch)
+        n = _batch_size(batch)
+        for k, v in out.items():
+            self.log(f"train/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n)
+        return out["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        out = self.loss_fn(self.model, batch)
+        n = _batch_size(batch)
+        for k, v in out.items():
+            self.log(f"val/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # the norm before clipping (Lightning clips after this hook)
+        norms = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
+        if norms:
+            self._grad_norms.append(float(torch.linalg.vector_norm(torch.stack(norms))))
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "none":
+            return opt
+        if cfg.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"},
+            }
+        warm, total = cfg.warmup_epochs, cfg.max_epochs
+
+        def factor(epoch: int) -> float:
+            if epoch < warm:
+                return (epoch + 1) / (warm + 1)
+            progress = (epoch - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
+    return int(first.shape[0])
+
+
+class _History(Callback):
+    """Collects one row per epoch and keeps the best (lowest ``val/loss``) weights in memory."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        pl_module._grad_norms = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+        }
+        row: dict[str, float] = {"epoch": trainer.current_epoch, **metrics}
+        row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        norms = pl_module._grad_norms
+        row["grad_norm"] = float(np.mean(norms)) if norms else float("nan")
+        row["seconds"] = time.perf_counter() - self._start
+        self.rows.append(row)
+        val = metrics.get("val/loss")
+        if val is not None and math.isfinite(val) and (self.best is None or val < self.best[0]):
+            state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            self.best = (val, trainer.current_epoch, state)
+
+
+def fit_model(
+    trainer_name: str,
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
+    train_data: Dataset,
+    val_data: Dataset,
+    cfg: TrainConfig,
+    collate: Callable | None = None,
+    out_dir: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """The shared loop: Lightning fit with early stopping on ``val/loss``, LR scheduling, grad clipping; the
+    best epoch's weights restored; history JSON + plots + ``model.pt`` written to ``out_dir``."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    lit = _LitModule(model, loss_fn, cfg)
+    history_cb = _History()
+    callbacks: list[Callback] = [history_cb]
+    early = None
+    if cfg.patience:
+        early = EarlyStopping(monitor="val/loss", patience=cfg.patience, min_delta=cfg.min_delta, mode="min")
+        callbacks.append(early)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator
+    )
+    val_loader = DataLoader(val_data, batch_size=max(cfg.batch_size, 64), shuffle=False, collate_fn=collate)
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [q.level for q in quiet]
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        for q in quiet:  # "GPU available: False..." once per fit is noise in leave-one-out loops
+            q.setLevel(logging.WARNING)
+        # These models are tiny (steps of a few ms): intra-op threads only add synchronisation. Measured on
+        # 2 shared cores, a ranker step took 35 ms on one thread and 270-1300 ms on two.
+        torch.set_num_threads(1)
+        trainer = L.Trainer(
+            max_epochs=cfg.max_epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=cfg.progress,
+            gradient_clip_val=cfg.grad_clip or None,
+            callbacks=callbacks,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            deterministic=True,
+        )
+        with warnings.catch_warnings():
+            # tiny in-memory loaders: Lightning's worker/batch-count advice is moot; the treespec warning is
+            # lightning 2.6's own use of a torch deprecation
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*number of training batches.*")
+            warnings.filterwarnings("ignore", ".*treespec.*")
+            trainer.fit(lit, train_loader, val_loader)
+    finally:
+        torch.set_num_threads(threads)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    best_epoch, best_val = None, None
+    if history_cb.best is not None:
+        best_val, best_epoch, state = history_cb.best
+        model.load_state_dict(state)
+    model.eval()
+    rows = history_cb.rows
+    history = {
+        "trainer": trainer_name,
+        "config": asdict(cfg),
+        "epochs": rows,
+        "best_epoch": best_epoch,
+        "best_val_loss": best_val,
+        "epochs_run": len(rows),
+        "stopped_early": bool(early is not None and early.stopped_epoch > 0),
+        "seconds": time.perf_counter() - start,
+        **(extra or {}),
+    }
+    files: dict[str, Path] = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files["history"] = atomic_write_json(out / "history.json", history)
+        files["plot"] = plot_history(history, out / "loss_curves.png")
+        tmp = out / ".model.pt.tmp"
+        torch.save(model.checkpoint() if hasattr(model, "checkpoint") else model.state_dict(), tmp)
+        tmp.replace(out / "model.pt")
+        files["model"] = out / "model.pt"
+    return TrainResult(model, history, files)
+
+
+def rolling_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing rolling mean (the first ``window - 1`` points average what is available)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_history(history: dict[str, Any], path: str | Path, window: int | None = None) -> Path:
+    """Loss curves of ``history['epochs']`` as one PNG with three panels: linear, log scale, rolling mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = history["epochs"]
+    epochs = [r["epoch"] for r in rows]
+    series = {k: [r.get(k, float("nan")) for r in rows] for k in ("train/loss", "val/loss")}
+    window = window or max(3, len(rows) // 20)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, title in zip(axes, ("linear", "log scale", f"rolling mean (window {window})")):
+        for name, vals in series.items():
+            if all(not math.isfinite(v) for v in vals):
+                continue
+            y = rolling_mean(vals, window) if ax is axes[2] else vals
+            ax.plot(epochs, y, label=name)
+        if ax is axes[1]:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    if history.get("best_epoch") is not None:
+        for ax in axes:
+            ax.axvline(history["best_epoch"], color="gray", linestyle=":", linewidth=1)
+    axes[0].legend()
+    fig.suptitle(f"{history.get('trainer', '')}: best epoch {history.get('best_epoch')}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def split_items(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` indices; with fewer than 4 items (or ``val_fraction == 0``) validation = training."""
+    idx = np.random.default_rng(seed).permutation(n)
+    if n < 4 or val_fraction == 0:
+        return np.sort(idx), np.sort(idx)
+    n_val = max(1, int(round(val_fraction * n)))
+    return np.sort(idx[n_val:]), np.sort(idx[:n_val])
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+class BaseTrainer:
+    """A named recipe: builds its model from options, trains it with :func:`fit_model`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self, train: TrainConfig | None = None, out_dir: str | Path | None = None, **train_options: Any
+    ):
+        self.train_config = train or TrainConfig(**train_options)
+        self.out_dir = out_dir
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(TrainConfig)]
+
+
+@register_trainer
+class AutoencoderTrainer(BaseTrainer):
+    """Weight-statistics autoencoder (model embeddings)."""
+
+    name = "autoencoder"
+    description = "compress weight-statistics vectors (e.g. 8192-d) into model embeddings (e.g. 512-d)"
+
+    def __init__(self, model: AutoencoderConfig | Mapping[str, Any] | None = None, **kwargs: Any):
+        """``model``: an :class:`AutoencoderConfig`, or its options without ``input_dim`` (taken from the
+        data), or None for the defaults."""
+        super().__init__(**kwargs)
+        self.model_config = model
+
+    def fit(self, vectors: np.ndarray, names: Sequence[str] | None = None) -> TrainResult:
+        """Train on ``vectors`` ``(N, input_dim)`` (one per backbone)."""
+        x = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if x.ndim != 2 or len(x) < 2:
+            raise UserError(f"the autoencoder needs at least 2 weight vectors (N, dim), got {tuple(x.shape)}")
+        if isinstance(self.model_config, AutoencoderConfig):
+            cfg = copy.deepcopy(self.model_config)
+        else:
+            cfg = AutoencoderConfig(**{"input_dim": x.shape[1], **dict(self.model_config or {})})
+        if cfg.input_dim != x.shape[1]:
+            raise UserError(f"autoencoder input_dim {cfg.input_dim} != weight-vector length {x.shape[1]}")
+        tr, va = split_items(len(x), self.train_config.val_fraction, self.train_config.seed)
+        torch.manual_seed(self.train_config.seed)
+        model = WeightAutoencoder(cfg)
+        model.set_normalization(x[tr])
+        extra = {"model_config": cfg.to_dict(), "train_items": len(tr), "val_items": len(va)}
+        if names is not None:
+            extra["names"] = {"train": [names[i] for i in tr], "val": [names[i] for i in va]}
+        return fit_model(
+            self.name,
+            model,
+            lambda m, batch: m.loss(batch[0]),
+            torch.utils.data.TensorDataset(x[tr]),
+            torch.utils.data.TensorDataset(x[va]),
+            self.train_config,
+            out_dir=self.out_dir,
+            extra=extra,
+        )
+
+
+class _ListDataset(Dataset):
+    """Ranking lists; in training mode each item is a random sub-list (>= 2 models) and a random subset of
+    at least half the dataset tokens (augmentation for small performance tables)."""
+
+    def __init__(self, examples: Sequence[RankExample], augment: bool):
+        self.examples = list(examples)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ex = self.examples[i]
+        tokens = torch.as_tensor(np.asarray(ex.data_tokens, dtype=np.float32))
+        codes = torch.as_tensor(np.asarray(ex.model_codes, dtype=np.float32))
+        targets = torch.as_tensor(np.asarray(ex.targets, dtype=np.float32))
+        if self.augment:
+            m = len(codes)
+            if m > 2:
+                k = int(torch.randint(2, m + 1, ()).item())
+                pick = torch.randperm(m)[:k]
+                codes, targets = codes[pick], targets[pick]
+            t = len(tokens)
+            if t > 2:
+                k = int(torch.randint((t + 1) // 2, t + 1, ()).item())
+                tokens = tokens[torch.randperm(t)[:k]]
+        return tokens, codes, targets
+
+
+def collate_lists(
+    items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Pad ``(tokens, codes, targets)`` items into a batch dict with ``*_mask`` (True = padding)."""
+    from transferkit.select.dataset_embed import pad_token_sets
+
+    data, data_mask = pad_token_sets([t for t, _, _ in items])
+    codes, model_mask = pad_token_sets([c for _, c, _ in items])
+    targets = torch.zeros(model_mask.shape)
+    for i, (_, _, t) in enumerate(items):
+        targets[i, : len(t)] = t
+    return {
+        "data": data,
+        "data_mask": data_mask,
+        "codes": codes,
+        "model_mask": model_mask,
+        "targets": targets,
+    }
+
+
+@register_trainer
+class RankerTrainer(BaseTrainer):
+    """Cross-attention ranking transformer on a performance table."""
+
+    name = "ranker"
+    description = (
+        "cross-attention ranking transformer (dataset tokens x model embeddings), ListMLE or pairwise"
+    )
+
+    def __init__(
+        self,
+        model: RankerConfig | Mapping[str, Any] | None = None,
+        loss: str = "listmle",
+        augment: bool = True,
+        **kwargs: Any,
+    ):
+        """``model``: a :class:`RankerConfig`, or its options without ``model_dim``/``data_dim`` (taken from
+        the data), or None for the defaults."""
+        super().__init__(**kwargs)
+        if loss.lower() not in RANK_LOSSES:
+            raise UserError(f"unknown ranking loss '{loss}'; choose one of {list(RANK_LOSSES)}")
+        self.model_config = model
+        self.loss = loss.lower()
+        self.augment = augment
+
+    def fit(self, examples: Sequence[RankExample]) -> TrainResult:
+        """Train on one :class:`RankExample` per dataset (validation: held-out datasets)."""
+        examples = list(examples)
+        if not examples:
+            raise UserError("the ranker needs at least one dataset with ranked models")
+        for ex in examples:
+            if (
+                len(ex.models) != len(ex.targets)
+                or len(ex.model_codes) != len(ex.targets)
+                or len(ex.targets) < 2
+            ):
+                raise UserError(f"dataset '{ex.dataset}': need >= 2 models with one code and one target each")
+        model_dim = examples[0].model_codes.shape[1]
+        data_dim = examples[0].data_tokens.shape[1]
+        if isinstance(self.model_config, RankerConfig):
+            cfg = copy.deepcopy(self.model_config)
+        else:
+            cfg = RankerConfig(
+                **{"model_dim": model_dim, "data_dim": data_dim, **dict(self.model_config or {})}
+            )
+        if (cfg.model_dim, cfg.data_dim) != (model_dim, data_dim):
+            raise UserError(
+                f"ranker expects model_dim={cfg.model_dim}, data_dim={cfg.data_dim}; the data has "
+                f"{model_dim} and {data_dim}"
+            )
+        tr, va = split_items(len(examples), self.train_config.val_fraction, self.train_config.seed)
+        torch.manual_seed(self.train_config.seed)
+        model = RankingTransformer(cfg)
+        loss_name = self.loss
+
+        def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            scores = m(batch["codes"], batch["data"], batch["model_mask"], batch["data_mask"])
+            return {"loss": ranking_loss(loss_name, scores, batch["targets"], batch["model_mask"])}
+
+        extra = {
+            "model_config": cfg.to_dict(),
+            "loss": loss_name,
+            "train_datasets": [examples[i].dataset for i in tr],
+            "val_datasets": [examples[i].dataset for i in va],
+        }
+        return fit_model(
+            self.name,
+            model,
+            loss_fn,
+            _ListDataset([examples[i] for i in tr], augment=self.augment),
+            _ListDataset([examples[i] for i in va], augment=False),
+            self.train_config,
+            collate=collate_lists,
+            out_dir=self.out_dir,
+            extra=extra,
+        )
