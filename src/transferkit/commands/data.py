@@ -3,6 +3,7 @@
 ``transferkit data check PATH [--source auto|imagefolder|csv] [--json FILE]`` checks an image-classification
 dataset (layout, classes, per-split counts and balance, unreadable / empty / duplicate / non-RGB images),
 prints a table and the issues, and exits 1 if any issue is an error, 0 otherwise.
+``make-shapes`` and ``convert`` (detection data) live in :mod:`transferkit.commands.data_detection`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from transferkit.commands import data_detection
 from transferkit.data.validate import DatasetReport, check_dataset
 
 MAX_CLASS_ROWS = 40
@@ -54,6 +56,7 @@ def build_parser() -> ArgumentParser:
         "--max_issues", type=int, default=30, help="Issues printed (all of them go to --json)."
     )
     subcommands.add_subcommand("check", check, help="Check a dataset for layout, label and image problems.")
+    data_detection.add_subcommands(subcommands)  # make-shapes, convert
     return parser
 
 
@@ -66,6 +69,9 @@ def main(argv: list[str]) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     if cfg.command == "check":
         return _check(cfg.check)
+    status = data_detection.run(cfg)
+    if status is not None:
+        return status
     raise AssertionError(f"unhandled subcommand {cfg.command}")
 
 
