@@ -15,15 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(TK) fit --config configs/classification/linear_probe.yaml
+	$(TK) compare --config configs/compare/default.yaml
 
 test: install
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q --durations=15
 
 lint: install
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

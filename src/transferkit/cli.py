@@ -60,6 +60,12 @@ def setup_logging() -> None:
         log.addHandler(handler)
         log.setLevel(os.environ.get("TRANSFERKIT_LOG", "INFO"))
         log.propagate = False
+    # Lightning prints an advertisement for a cloud logger on every Trainer; it says nothing about the run
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_cloud_logger_tip)
+
+
+def _drop_cloud_logger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from transferkit.cli import unique_run_dir
 from transferkit.errors import UserError
+from transferkit.utils.console import make_console
 from transferkit.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("transferkit")
@@ -168,7 +169,6 @@ class TransferkitCLI(LightningCLI):
         }
         if hasattr(dm, "describe"):
             summary["dataset"] = dm.describe()
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title="config is valid (nothing was trained)")
@@ -176,7 +176,7 @@ class TransferkitCLI(LightningCLI):
         table.add_column("value")
         for k, v in summary.items():
             table.add_row(k, str(v))
-        Console().print(table)
+        make_console().print(table)
         return summary
 
     def after_fit(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from transferkit.errors import UserError
+from transferkit.utils.console import make_console
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,6 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.what not in WHAT:
         raise UserError(f"unknown analysis '{args.what}'; choose one of {', '.join(WHAT)}")
-    from rich.console import Console
     from rich.table import Table
 
     from transferkit.evaluation.run import open_run
@@ -134,6 +134,6 @@ def main(argv: list[str]) -> int:
             table.add_row(what, f"skipped: {e}", "")
             continue
         table.add_row(what, summary(what, data), "\n".join(data["files"].values()))
-    Console().print(table)
-    Console().print(f"report: {run.path / 'report.md'} (and report.html)")
+    make_console().print(table)
+    make_console().print(f"report: {run.path / 'report.md'} (and report.html)")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser
 
+from transferkit.utils.console import make_console
+
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="transferkit backbones", description="List the registered backbones.")
@@ -12,7 +14,6 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
 
-    from rich.console import Console
     from rich.table import Table
 
     from transferkit.backbones import registered_backbones
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
         if args.offline and not entry.offline:
             continue
         table.add_row(name, entry.family, "yes" if entry.offline else "no", entry.description)
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(
         "Also accepted: any timm model name (or timm:<name>), a Hugging Face hub id (org/name, or hf:<id>), "

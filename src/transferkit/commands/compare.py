@@ -19,6 +19,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
 from transferkit.errors import UserError
+from transferkit.utils.console import make_console
 
 DATA_SOURCES = ("digits", "imagefolder", "csv", "cifar10", "cifar100")
 
@@ -140,7 +141,6 @@ def main(argv: list[str]) -> int:
     cfg = parser.parse_args(expand_data_shorthand(argv))
 
     import yaml
-    from rich.console import Console
 
     from transferkit.cli import unique_run_dir
     from transferkit.compare import (
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     )
     from transferkit.utils.io import atomic_write_text
 
-    console = Console(soft_wrap=True)  # long paths stay on one line
+    console = make_console(soft_wrap=True)  # long paths stay on one line
     backbones = parse_backbones(cfg.backbones)
     dm = build_datamodule(cfg.data)
     runs_dir = Path(cfg.runs_dir)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from transferkit.commands import data_detection
 from transferkit.data.validate import DatasetReport, check_dataset
+from transferkit.utils.console import make_console
 
 MAX_CLASS_ROWS = 40
 
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
 
 
 def _check(args) -> int:
-    console = Console()
+    console = make_console()
     report = check_dataset(args.path, args.source, deep=args.deep, progress=True, workers=args.workers)
     print_report(report, console, max_issues=args.max_issues)
     if args.json:

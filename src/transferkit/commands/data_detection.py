@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from transferkit.errors import UserError
+from transferkit.utils.console import make_console
 
 
 def add_subcommands(subcommands: Any) -> None:
@@ -78,7 +78,7 @@ def make_shapes_command(args: Any) -> int:
         seed=args.seed,
     )
     summary = make_shapes(out, cfg)
-    console = Console()
+    console = make_console()
     table = Table(title=f"shapes dataset in {escape(str(out))}")
     for col in ("split", "file", "images", "objects"):
         table.add_column(col, justify="right" if col in ("images", "objects") else "left")
@@ -108,7 +108,7 @@ def convert_command(args: Any) -> int:
         )
     if src.resolve() == dst.resolve():
         raise UserError("input and output are the same file")
-    console = Console()
+    console = make_console()
     notes: list[str] = []
     if src.suffix == ".jsonl":
         records, errors = read_grounding_jsonl(src, strict=args.strict)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser
 
+from transferkit.utils.console import make_console
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
@@ -51,7 +53,6 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from rich.console import Console
     from rich.table import Table
 
     from transferkit.evaluation import evaluate_run
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
         use_cache=not args.no_cache,
         seed=args.seed,
     )
-    console = Console()
+    console = make_console()
     m = result["metrics"]
     table = Table(title=f"{result['run']}: {result['split']} ({m['num_samples']} images)")
     table.add_column("metric")

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from transferkit.utils.console import make_console
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
@@ -73,7 +75,7 @@ def main(argv: list[str]) -> int:
     for name in ("batch_size", "bench_batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    console = Console()
+    console = make_console()
     with console.status(f"loading {args.run} ({args.checkpoint} checkpoint)"):
         loaded = load_run(args.run, args.checkpoint)
     with console.status(f"exporting to {args.format} and checking parity"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from transferkit.commands.compare import add_data_arguments, build_datamodule, expand_data_shorthand
+from transferkit.utils.console import make_console
 
 
 def build_parser() -> ArgumentParser:
@@ -70,7 +71,6 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     cfg = parser.parse_args(expand_data_shorthand(argv))
 
-    from rich.console import Console
     from rich.table import Table
 
     from transferkit.compare import parse_backbones
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     if bad:
         raise UserError(f"unknown split(s) {bad}; choose from train, val, test")
     dm = build_datamodule(cfg.data)
-    console = Console()
+    console = make_console()
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     table = Table(title=f"features of {cfg.data.source} (cache: {root})")
     for col in ("backbone", "split", "shape", "cache", "images/s", "seconds", "entry"):

@@ -34,6 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from transferkit.errors import UserError
+from transferkit.utils.console import make_console
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def _rank(args: Any) -> int:
     )
     from transferkit.utils.io import atomic_write_json
 
-    console = Console()
+    console = make_console()
     names = _names(args.backbones)
     score_names = resolve_score_names(args.scores)
     dm, spec = resolve_data(args.data, args.image_size)
@@ -584,7 +585,7 @@ def _load_table(
 def _train(args: Any) -> int:
     from transferkit.select.trainers import get_trainer, list_trainers
 
-    console = Console()
+    console = make_console()
     if args.list or not args.trainer:
         t = Table(
             title="trainers ('transferkit rank train NAME'; case-insensitive, 'Trainer' suffix optional)"
@@ -703,7 +704,7 @@ def _evaluate(args: Any) -> int:
     from transferkit.select.table import read_score_rows, scores_by_dataset
     from transferkit.utils.io import atomic_write_json
 
-    console = Console()
+    console = make_console()
     rows, table, known = _load_table(args.table, args.runs_dir, args.metric)
     score_path = Path(args.scores) if args.scores else table.parent / "transferability.json"
     baselines = scores_by_dataset(read_score_rows(score_path))
@@ -780,7 +781,7 @@ def _benchmark(args: Any) -> int:
     from transferkit.select.source_preds import source_predictions
     from transferkit.select.table import PerfRow, write_performance_rows, write_score_rows
 
-    console = Console()
+    console = make_console()
     names = _names(args.backbones)
     dm, spec = resolve_data(args.data, args.image_size)
     identity = dataset_identity(dm)
