@@ -74,15 +74,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
-    from rich.console import Console
     from rich.table import Table
 
     from transferkit.data import ImageClassificationDataModule
     from transferkit.data.sources import collate_drop_none
     from transferkit.probe.cache import extract_summaries, get_features, resolve_backbone
     from transferkit.probe.linear import LinearGridConfig, feature_variants, train_linear_grid
+    from transferkit.utils.console import make_console
 
-    console = Console()
+    console = make_console()
     dm = ImageClassificationDataModule(
         source=args.data, path=args.data_path, image_size=args.image_size, eval_batch_size=args.batch_size
     )
