@@ -15,24 +15,12 @@ from transferkit.backbones.vlm import (
     lora_target_regex,
 )
 from transferkit.errors import UserError
-from transferkit.vlm.tiny import ensure_tiny_qwen2_5_vl
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_qwen2_5_vl(tmp_path_factory.getbasetemp() / "vlm-models")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_components_cover_every_parameter(tiny_dir):
-    model = load_vlm(str(tiny_dir))
+def test_components_cover_every_parameter(tiny_vlm_dir):
+    model = load_vlm(str(tiny_vlm_dir))
     groups = component_parameters(model)
     assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
     names = {c: {n for n, _ in v} for c, v in groups.items()}
@@ -44,17 +32,17 @@ def test_components_cover_every_parameter(tiny_dir):
         component_of("head.weight")
 
 
-def test_lora_regex_selects_llm_linears_only(tiny_dir):
+def test_lora_regex_selects_llm_linears_only(tiny_vlm_dir):
     import re
 
-    model = load_vlm(str(tiny_dir))
+    model = load_vlm(str(tiny_vlm_dir))
     rx = re.compile(lora_target_regex(["q_proj", "down_proj"]))
     hits = [n for n, _ in model.named_modules() if rx.fullmatch(n)]
     assert hits and all(".language_model." in n for n in hits)
     assert {n.rsplit(".", 1)[1] for n in hits} == {"q_proj", "down_proj"}
 
 
-def test_load_errors_are_user_errors(tmp_path, tiny_dir):
+def test_load_errors_are_user_errors(tmp_path, tiny_vlm_dir):
     with pytest.raises(UserError, match="network access"):
         load_vlm(str(tmp_path / "no-such-model"))
     other = tmp_path / "gpt2"
@@ -63,10 +51,10 @@ def test_load_errors_are_user_errors(tmp_path, tiny_dir):
     with pytest.raises(UserError, match="Qwen2.5-VL"):
         load_vlm(str(other))
     with pytest.raises(UserError, match="dtype"):
-        load_vlm(str(tiny_dir), dtype="float8")
+        load_vlm(str(tiny_vlm_dir), dtype="float8")
 
 
-def test_bfloat16_load(tiny_dir):
-    model = load_vlm(str(tiny_dir), dtype="bfloat16")
+def test_bfloat16_load(tiny_vlm_dir):
+    model = load_vlm(str(tiny_vlm_dir), dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
-    assert load_processor(str(tiny_dir)).chat_template
+    assert load_processor(str(tiny_vlm_dir)).chat_template

@@ -1,6 +1,6 @@
 import logging
 import pickle
-import zlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +19,8 @@ from transferkit.data.sources import (
 )
 from transferkit.errors import DatasetError, UserError
 
-CLASSES = ("cat", "dog", "fox")
-
-
-def write_image(path: Path, size: int = 16, mode: str = "RGB") -> None:
-    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # distinct content per path
-    image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    if mode != "RGB":
-        image = image.convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-
-
-def make_folder(root: Path, splits=("train", "val", "test"), classes=CLASSES, n: int = 4) -> Path:
-    for split in splits:
-        for cls in classes:
-            for i in range(n):
-                write_image(root / split / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
-    return root
+sys.path.insert(0, str(Path(__file__).parent))
+from image_folders import CLASSES, make_folder, write_image  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- digits

@@ -8,36 +8,18 @@ import pytest
 import torch
 import yaml
 
-from transferkit.data.detection.shapes import ShapesConfig, make_shapes
 from transferkit.data.vlm_grounding import VLMGroundingDataModule
 from transferkit.errors import UserError
 from transferkit.tasks.grounding_vlm import GroundingVLMTask, vlm_param_groups
 from transferkit.vlm.chat import IGNORE_INDEX
 from transferkit.vlm.collate import pack_collate, pad_collate
-from transferkit.vlm.tiny import ensure_tiny_qwen2_5_vl
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(ensure_tiny_qwen2_5_vl(tmp_path_factory.getbasetemp() / "vlm-models"))
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vlm-task-shapes")
-    make_shapes(
-        out,
-        ShapesConfig(n=12, min_size=32, max_size=48, max_objects=2, val_fraction=0.25, test_fraction=0.25),
-    )
-    return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def tiny_dir(tiny_vlm_dir):
+    return str(tiny_vlm_dir)
 
 
 def build(tiny_dir, shapes, dm_kw=None, **kw):
@@ -55,8 +37,8 @@ def items(dm, split="train", n=3, seed=0):
     return [ds[i] for i in range(n)]
 
 
-def test_packed_and_padded_batches_give_the_same_loss(tiny_dir, shapes):
-    task, dm = build(tiny_dir, shapes, dm_kw=dict(demo_ratio=1.0, max_demos=2), freeze=[])
+def test_packed_and_padded_batches_give_the_same_loss(tiny_dir, grounding_shapes):
+    task, dm = build(tiny_dir, grounding_shapes, dm_kw=dict(demo_ratio=1.0, max_demos=2), freeze=[])
     task.eval()
     batch_items = items(dm)
     assert sum(it["meta"]["num_demos"] for it in batch_items) > 0  # multi-image chats in the batch
@@ -77,8 +59,8 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_dir, shapes):
     assert torch.allclose(padded["loss"], packed["loss"], rtol=1e-5)
 
 
-def test_training_steps_learn_the_target_answer_only(tiny_dir, shapes):
-    task, dm = build(tiny_dir, shapes, dm_kw=dict(demo_ratio=1.0, max_demos=1), freeze=["vision"])
+def test_training_steps_learn_the_target_answer_only(tiny_dir, grounding_shapes):
+    task, dm = build(tiny_dir, grounding_shapes, dm_kw=dict(demo_ratio=1.0, max_demos=1), freeze=["vision"])
     pad = task.processor.tokenizer.pad_token_id
     batch = pack_collate(items(dm), pad)
     # the label mask is exactly the target answers
@@ -111,12 +93,12 @@ def test_training_steps_learn_the_target_answer_only(tiny_dir, shapes):
     )
 
 
-def test_components_param_groups_and_lr_scaling(tiny_dir, shapes):
+def test_components_param_groups_and_lr_scaling(tiny_dir, grounding_shapes):
     import lightning as L
 
     task, dm = build(
         tiny_dir,
-        shapes,
+        grounding_shapes,
         dm_kw=dict(batch_size=2, demo_ratio=0.0),
         freeze=["vision"],
         optimizer=dict(
@@ -146,9 +128,13 @@ def test_param_groups_reject_all_frozen():
         vlm_param_groups([("a", p, "llm")], lr=1.0, weight_decay=0.0, lr_mult={})
 
 
-def test_lora_trains_adapters_in_the_llm_only(tiny_dir, shapes):
+def test_lora_trains_adapters_in_the_llm_only(tiny_dir, grounding_shapes):
     task, dm = build(
-        tiny_dir, shapes, dm_kw=dict(demo_ratio=0.0), freeze=["vision"], lora=dict(enabled=True, r=4, alpha=8)
+        tiny_dir,
+        grounding_shapes,
+        dm_kw=dict(demo_ratio=0.0),
+        freeze=["vision"],
+        lora=dict(enabled=True, r=4, alpha=8),
     )
     trainable = [n for n, p in task.vlm.named_parameters() if p.requires_grad]
     llm = [n for n in trainable if ".language_model." in n or n.startswith("lm_head")]
@@ -161,10 +147,10 @@ def test_lora_trains_adapters_in_the_llm_only(tiny_dir, shapes):
     assert all(p.grad is not None for n, p in task.vlm.named_parameters() if p.requires_grad)
 
 
-def test_detection_head_on_llm_hidden_states(tiny_dir, shapes):
+def test_detection_head_on_llm_hidden_states(tiny_dir, grounding_shapes):
     task, dm = build(
         tiny_dir,
-        shapes,
+        grounding_shapes,
         dm_kw=dict(demo_ratio=1.0, max_demos=1),
         freeze=["vision"],
         det_head=dict(enabled=True, hidden_dim=32, num_queries=5, num_layers=2, nhead=4, dim_feedforward=64),
@@ -181,8 +167,8 @@ def test_detection_head_on_llm_hidden_states(tiny_dir, shapes):
     assert task.vlm.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
 
 
-def test_evaluation_scores_parsed_answers(tiny_dir, shapes, monkeypatch):
-    task, dm = build(tiny_dir, shapes, dm_kw=dict(demo_ratio=0.0))
+def test_evaluation_scores_parsed_answers(tiny_dir, grounding_shapes, monkeypatch):
+    task, dm = build(tiny_dir, grounding_shapes, dm_kw=dict(demo_ratio=0.0))
     task.eval()
     batch_items = items(dm, split="val", n=3)
     batch = pad_collate(batch_items, task.processor.tokenizer.pad_token_id)
@@ -212,8 +198,8 @@ def test_evaluation_scores_parsed_answers(tiny_dir, shapes, monkeypatch):
     assert m["map_50"] < 1.0
 
 
-def test_generation_is_batch_invariant(tiny_dir, shapes):
-    task, dm = build(tiny_dir, shapes, dm_kw=dict(eval_demos=1), generation=dict(max_new_tokens=6))
+def test_generation_is_batch_invariant(tiny_dir, grounding_shapes):
+    task, dm = build(tiny_dir, grounding_shapes, dm_kw=dict(eval_demos=1), generation=dict(max_new_tokens=6))
     task.eval()
     batch_items = items(dm, split="val", n=3)
     pad = task.processor.tokenizer.pad_token_id
@@ -222,8 +208,8 @@ def test_generation_is_batch_invariant(tiny_dir, shapes):
     assert together == alone and all(isinstance(t, str) for t in together)
 
 
-def test_checkpoints_can_omit_frozen_weights(tiny_dir, shapes):
-    task, _ = build(tiny_dir, shapes, freeze=["vision"], save_frozen_weights=False)
+def test_checkpoints_can_omit_frozen_weights(tiny_dir, grounding_shapes):
+    task, _ = build(tiny_dir, grounding_shapes, freeze=["vision"], save_frozen_weights=False)
     ckpt = {"state_dict": task.state_dict()}
     task.on_save_checkpoint(ckpt)
     assert ckpt["frozen_weights_omitted"] and all(
@@ -231,7 +217,7 @@ def test_checkpoints_can_omit_frozen_weights(tiny_dir, shapes):
     )
     assert not any(k in ckpt["state_dict"] for k in ckpt["frozen_weights_omitted"])
     assert any(k.startswith("vlm.model.visual.merger.") for k in ckpt["state_dict"])
-    fresh, _ = build(tiny_dir, shapes, freeze=["vision"], save_frozen_weights=False)
+    fresh, _ = build(tiny_dir, grounding_shapes, freeze=["vision"], save_frozen_weights=False)
     fresh.on_load_checkpoint(ckpt)
     fresh.load_state_dict(ckpt["state_dict"], strict=True)
 
@@ -267,12 +253,12 @@ CLI_TINY = [
 
 
 @pytest.mark.slow
-def test_cli_fit_test_predict_on_shapes(tmp_path, shapes, tiny_dir, monkeypatch):
+def test_cli_fit_test_predict_on_shapes(tmp_path, grounding_shapes, tiny_dir, monkeypatch):
     from transferkit.cli import main
 
     monkeypatch.setenv("TRANSFERKIT_MODELS_DIR", str(__import__("pathlib").Path(tiny_dir).parent))
     runs = tmp_path / "runs"
-    common = ["--data.path", str(shapes), "--runs_dir", str(runs), *CLI_TINY]
+    common = ["--data.path", str(grounding_shapes), "--runs_dir", str(runs), *CLI_TINY]
     assert main(["fit", "--config", CONFIG, "--name", "vlm", "--data.packing", "true", *common]) == 0
     run = runs / "vlm"
     for f in (
@@ -299,7 +285,7 @@ def test_cli_fit_test_predict_on_shapes(tmp_path, shapes, tiny_dir, monkeypatch)
 
 
 @pytest.mark.slow
-def test_cli_validate_only_and_print_config(tmp_path, shapes, tiny_dir, monkeypatch, capsys):
+def test_cli_validate_only_and_print_config(tmp_path, grounding_shapes, tiny_dir, monkeypatch, capsys):
     from transferkit.cli import main
 
     monkeypatch.setenv("TRANSFERKIT_MODELS_DIR", str(__import__("pathlib").Path(tiny_dir).parent))
@@ -308,7 +294,7 @@ def test_cli_validate_only_and_print_config(tmp_path, shapes, tiny_dir, monkeypa
         "--config",
         CONFIG,
         "--data.path",
-        str(shapes),
+        str(grounding_shapes),
         "--runs_dir",
         str(tmp_path / "runs"),
         *CLI_TINY,

@@ -1,16 +1,8 @@
-"""Fixtures of the vision-language tests: the tiny random-init Qwen2.5-VL, built once per session."""
+"""Fixtures of the vision-language tests: the tiny Qwen2.5-VL processor, one torch thread per test."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
-from transferkit.vlm.tiny import ensure_tiny_qwen2_5_vl
-
-
-@pytest.fixture(scope="session")
-def tiny_vlm_dir(tmp_path_factory):
-    return ensure_tiny_qwen2_5_vl(tmp_path_factory.getbasetemp() / "vlm-models")
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +13,5 @@ def tiny_processor(tiny_vlm_dir):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # a 0.2M-parameter model only loses to thread hand-offs on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_threaded(one_thread):
+    """Every test here runs on one torch thread (``one_thread``)."""

@@ -84,12 +84,7 @@ def _train_parser() -> ArgumentParser:
     )
     p.add_argument("trainer", type=str, nargs="?", help="Trainer name (see --list).")
     p.add_argument("--list", action=ActionYesNo, default=False, help="List the trainers and exit.")
-    p.add_argument(
-        "--table",
-        type=str | None,
-        default=None,
-        help="Performance table (default <runs_dir>/performance.json).",
-    )
+    _table_arg(p)
     p.add_argument(
         "--metric",
         type=str | None,
@@ -107,6 +102,15 @@ def _train_parser() -> ArgumentParser:
     )
     _model_args(p)
     return p
+
+
+def _table_arg(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--table",
+        type=str | None,
+        default=None,
+        help="Performance table (default <runs_dir>/performance.json).",
+    )
 
 
 def _model_args(p: ArgumentParser) -> None:
@@ -152,12 +156,7 @@ def _model_args(p: ArgumentParser) -> None:
 
 def _eval_parser() -> ArgumentParser:
     p = ArgumentParser(prog="transferkit rank evaluate", description="Leave-one-dataset-out evaluation.")
-    p.add_argument(
-        "--table",
-        type=str | None,
-        default=None,
-        help="Performance table (default <runs_dir>/performance.json).",
-    )
+    _table_arg(p)
     p.add_argument(
         "--scores",
         type=str | None,

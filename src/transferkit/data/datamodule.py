@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from transferkit.data.sources import (
     ON_CORRUPT,
@@ -34,6 +34,16 @@ from transferkit.data.transforms import AUGMENTS, DEFAULT_RANDAUG, build_transfo
 from transferkit.errors import UserError
 
 FINGERPRINT_VERSION = 1
+
+
+def shuffling_sampler(dataset: Dataset, trainer: L.Trainer | None, seed: int) -> DistributedSampler:
+    """Shuffling sampler whose order depends only on ``(seed, epoch)`` (``set_epoch`` selects the epoch).
+
+    One replica on a single device (or without a trainer); the trainer's world size and rank under DDP.
+    """
+    world_size = int(getattr(trainer, "world_size", 1) or 1)
+    rank = int(getattr(trainer, "global_rank", 0) or 0)
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -165,14 +175,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return self._datasets[key]
 
     def train_sampler(self, dataset: ClassificationDataset) -> DistributedSampler:
-        """Shuffling sampler whose order depends only on ``(seed, epoch)`` (``set_epoch`` selects the epoch).
-
-        One replica on a single device; the trainer's world size and rank under DDP.
-        """
-        trainer = getattr(self, "trainer", None)
-        world_size = int(getattr(trainer, "world_size", 1) or 1)
-        rank = int(getattr(trainer, "global_rank", 0) or 0)
-        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        """:func:`shuffling_sampler` over ``dataset`` for this datamodule's trainer and seed."""
+        return shuffling_sampler(dataset, getattr(self, "trainer", None), self.seed)
 
     def _loader(self, dataset: ClassificationDataset, batch_size: int, **kwargs: Any) -> DataLoader:
         return DataLoader(

@@ -30,9 +30,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
 
+from transferkit.data.datamodule import shuffling_sampler
 from transferkit.data.sources import (
     ON_CORRUPT,
     SOURCES,
@@ -289,10 +290,7 @@ class UnlabeledImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.images().with_transform(self.transform)
-        trainer = getattr(self, "trainer", None)
-        world_size = int(getattr(trainer, "world_size", 1) or 1)
-        rank = int(getattr(trainer, "global_rank", 0) or 0)
-        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        sampler = shuffling_sampler(ds, getattr(self, "trainer", None), self.seed)
         return DataLoader(
             ds,
             batch_size=self.batch_size,

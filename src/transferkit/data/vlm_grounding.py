@@ -29,9 +29,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.detection.datamodule import DetectionDataModule, DetectionDataset, object_label
+from transferkit.data.datamodule import shuffling_sampler
+from transferkit.data.detection.datamodule import DetectionDataModule, DetectionDataset, object_indices
 from transferkit.data.detection.shapes import ShapesConfig
 from transferkit.data.grounding import GroundingRecord, read_grounding_jsonl
 from transferkit.data.sources import load_rgb
@@ -48,8 +49,6 @@ from transferkit.vlm.chat import (
 from transferkit.vlm.collate import pack_collate, pad_collate
 
 log = logging.getLogger(__name__)
-
-IGNORE_DESC = -100
 
 
 class DemoPool:
@@ -165,18 +164,15 @@ class VLMGroundingDataset(Dataset):
         h, w = images[0].height, images[0].width
         patch = int(self.processor.image_processor.patch_size)
         objs = rec.objects
+        labels, desc_idx = object_indices(objs, self.class_index, self.desc_index, self.label_from)
         meta = {
             "image": str(self.base.image_path(index)),
             "orig_size": (h, w),
             "resized_size": grid_resized_size(chat.image_grid_thw[chat.target_image], patch),
             "boxes": torch.tensor([o.bbox for o in objs], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(
-                [self.class_index.get(object_label(o, self.label_from), -1) for o in objs], dtype=torch.int64
-            ),
+            "labels": labels,
             "desc": [o.desc for o in objs],
-            "desc_idx": torch.tensor(
-                [self.desc_index.get(o.desc, IGNORE_DESC) for o in objs], dtype=torch.int64
-            ),
+            "desc_idx": desc_idx,
             "num_demos": len(demos),
             "index": index,
         }
@@ -432,14 +428,7 @@ class VLMGroundingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        trainer = getattr(self, "trainer", None)
-        sampler = DistributedSampler(
-            ds,
-            num_replicas=int(getattr(trainer, "world_size", 1) or 1),
-            rank=int(getattr(trainer, "global_rank", 0) or 0),
-            shuffle=True,
-            seed=self.seed,
-        )
+        sampler = shuffling_sampler(ds, getattr(self, "trainer", None), self.seed)
         return self._loader(ds, self.batch_size, True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

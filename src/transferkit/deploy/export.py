@@ -50,6 +50,7 @@ from transferkit.deploy.artifact import (
 )
 from transferkit.errors import UserError
 from transferkit.utils.io import atomic_write_json
+from transferkit.utils.runs import checkpoint_path, run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,9 @@ class LoadedRun:
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    else:
-        path = Path(checkpoint).expanduser()
+    path = checkpoint_path(run_dir, checkpoint)
     if not path.is_file():
-        have = (
-            sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
-            if (run_dir / "checkpoints").is_dir()
-            else []
-        )
+        have = run_checkpoints(run_dir)
         raise UserError(
             f"no checkpoint '{path}'"
             + (f" (the run has {have})" if have else "")

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from transferkit.errors import UserError
+from transferkit.utils.runs import checkpoint_path, run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,9 @@ class Run:
 
 
 def resolve_checkpoint(run_dir: Path, ckpt: str) -> Path:
-    if ckpt in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{ckpt}.ckpt"
-    else:
-        path = Path(ckpt).expanduser()
+    path = checkpoint_path(run_dir, ckpt)
     if not path.is_file():
-        have = (
-            sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
-            if (run_dir / "checkpoints").is_dir()
-            else []
-        )
+        have = run_checkpoints(run_dir)
         raise UserError(
             f"no checkpoint '{path}'; the run has {have or 'none'} (train it with transferkit fit, or pass "
             "--ckpt last / a .ckpt path)"

@@ -28,11 +28,12 @@ from transferkit.backbones.base import Backbone
 from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
 from transferkit.errors import UserError
 from transferkit.heads.classification import ClassificationHead
+from transferkit.tasks.common import set_hparam
 from transferkit.tasks.optim import (
     OptimConfig,
-    build_param_groups,
-    create_optimizer,
-    create_scheduler,
+    backbone_head_param_groups,
+    effective_batch_size,
+    lightning_optimizers,
     resolve_optim_config,
     scaled_lr,
 )
@@ -249,10 +250,7 @@ class ImageClassifier(L.LightningModule):
         """Take ``num_classes``, ``class_names`` and ``image_size`` from ``dm`` where not given."""
         for key in ("num_classes", "class_names", "image_size"):
             if self.hparams.get(key) is None and hasattr(dm, key):
-                self.hparams[key] = getattr(dm, key)
-                # the logged (initial) hparams must agree with the datamodule's, or Lightning refuses to merge
-                if getattr(self, "_hparams_initial", None) is not None:
-                    self._hparams_initial[key] = getattr(dm, key)
+                set_hparam(self, key, getattr(dm, key))
 
     @property
     def backbone_frozen(self) -> bool:
@@ -334,32 +332,14 @@ class ImageClassifier(L.LightningModule):
         return {"probs": probs, "pred": probs.argmax(-1)}
 
     # ------------------------------------------------------------------ optimisation
-    def effective_batch_size(self) -> int:
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None)
-        if batch is None:
-            raise UserError("cannot scale the LR: the datamodule has no batch_size; set model.optimizer.lr")
-        return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
-
     def configure_optimizers(self) -> dict:
         cfg = self.optim_cfg
-        lr = scaled_lr(cfg, self.effective_batch_size())
-        groups = build_param_groups(
-            self.backbone,
-            self.head,
-            lr=lr,
-            weight_decay=cfg.weight_decay,
-            layer_decay=cfg.layer_decay,
-            lr_mult=cfg.lr_mult,
-        )
-        optimizer = create_optimizer(groups, cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        scheduler = create_scheduler(
-            optimizer, cfg, total_steps=total, steps_per_epoch=max(1, total // epochs)
-        )
-        log.info("optimizer %s, peak lr %.3g (effective batch %d)", cfg.name, lr, self.effective_batch_size())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        batch = effective_batch_size(self.trainer)
+        lr = scaled_lr(cfg, batch)
+        groups = backbone_head_param_groups(self.backbone, self.head, cfg, lr=lr)
+        optimizers = lightning_optimizers(groups, cfg, self.trainer)
+        log.info("optimizer %s, peak lr %.3g (effective batch %d)", cfg.name, lr, batch)
+        return optimizers
 
     def describe(self) -> dict[str, Any]:
         """Run facts for metrics.json / reports."""

@@ -44,11 +44,12 @@ from transferkit.heads.criterion import DEFAULT_WEIGHTS, LOSSES, SetCriterion
 from transferkit.heads.detr import DetrHead, infer_grid, postprocess
 from transferkit.heads.matcher import HungarianMatcher
 from transferkit.tasks.classification import as_dataclass
+from transferkit.tasks.common import hparams_from_checkpoint, set_hparam
 from transferkit.tasks.optim import (
     OptimConfig,
-    build_param_groups,
-    create_optimizer,
-    create_scheduler,
+    backbone_head_param_groups,
+    effective_batch_size,
+    lightning_optimizers,
     resolve_optim_config,
     scaled_lr,
 )
@@ -235,34 +236,14 @@ class DetectionTask(L.LightningModule):
         """Take ``class_names``, ``desc_vocab`` and ``image_size`` from ``dm`` where not given."""
         for key in ("class_names", "desc_vocab", "image_size"):
             if self.hparams.get(key) is None and hasattr(dm, key):
-                self._set_hparam(key, getattr(dm, key))
-
-    def _set_hparam(self, key: str, value: Any) -> None:
-        self.hparams[key] = value
-        if getattr(self, "_hparams_initial", None) is not None:
-            self._hparams_initial[key] = value  # logged hparams must agree, or Lightning refuses to merge
-
-    def _vocab_from_checkpoint(self) -> None:
-        """When a checkpoint is about to be loaded, its vocabularies and image size decide the head's shape."""
-        ckpt = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
-        if not ckpt or not Path(str(ckpt)).is_file():
-            return
-        try:
-            hp = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(
-                "hyper_parameters", {}
-            )
-        except Exception as e:  # an unreadable checkpoint fails again, with Lightning's message, when loaded
-            log.debug("could not read hyper-parameters of %s: %s", ckpt, e)
-            return
-        for key in ("class_names", "desc_vocab", "image_size"):
-            if hp.get(key) is not None and self.hparams.get(key) is None:
-                self._set_hparam(key, hp[key])
+                set_hparam(self, key, getattr(dm, key))
 
     def configure_model(self) -> None:
         """Build backbone, head and criterion once the vocabularies are known."""
         if self.backbone is not None:
             return
-        self._vocab_from_checkpoint()
+        # when a checkpoint is about to be loaded, its vocabularies and image size decide the head's shape
+        hparams_from_checkpoint(self, ("class_names", "desc_vocab", "image_size"))
         if self._trainer is not None and getattr(self._trainer, "datamodule", None) is not None:
             self.bind_datamodule(self._trainer.datamodule)
         hp = self.hparams
@@ -517,32 +498,13 @@ class DetectionTask(L.LightningModule):
         return [GroundingPredictionWriter()]
 
     # ------------------------------------------------------------------ optimisation
-    def effective_batch_size(self) -> int:
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None)
-        if batch is None:
-            raise UserError("cannot scale the LR: the datamodule has no batch_size; set model.optimizer.lr")
-        return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
-
     def configure_optimizers(self) -> dict:
         cfg = self.optim_cfg
-        lr = scaled_lr(cfg, self.effective_batch_size())
-        groups = build_param_groups(
-            self.backbone,
-            self.head,
-            lr=lr,
-            weight_decay=cfg.weight_decay,
-            layer_decay=cfg.layer_decay,
-            lr_mult=cfg.lr_mult,
-        )
-        optimizer = create_optimizer(groups, cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        scheduler = create_scheduler(
-            optimizer, cfg, total_steps=total, steps_per_epoch=max(1, total // epochs)
-        )
+        lr = scaled_lr(cfg, effective_batch_size(self.trainer))
+        groups = backbone_head_param_groups(self.backbone, self.head, cfg, lr=lr)
+        optimizers = lightning_optimizers(groups, cfg, self.trainer)
         log.info("optimizer %s, head lr %.3g, lr_mult %s", cfg.name, lr, cfg.lr_mult)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers
 
     def describe(self) -> dict[str, Any]:
         """Run facts for metrics.json / reports."""

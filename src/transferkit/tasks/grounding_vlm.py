@@ -56,8 +56,9 @@ from transferkit.heads.criterion import DEFAULT_WEIGHTS, LOSSES, SetCriterion
 from transferkit.heads.detr import DetrHead, postprocess
 from transferkit.heads.matcher import HungarianMatcher
 from transferkit.tasks.classification import as_dataclass
+from transferkit.tasks.common import hparams_from_checkpoint, set_hparam
 from transferkit.tasks.detection import GroundingPredictionWriter, match_for_description
-from transferkit.tasks.optim import OptimConfig, create_optimizer, create_scheduler, scaled_lr
+from transferkit.tasks.optim import OptimConfig, effective_batch_size, lightning_optimizers, scaled_lr
 from transferkit.vlm.chat import IGNORE_INDEX, from_resized
 from transferkit.vlm.collate import left_pad_prompts, packed_position_ids
 from transferkit.vlm.parse import parse_response
@@ -327,11 +328,6 @@ class GroundingVLMTask(L.LightningModule):
             self.configure_model()
 
     # ------------------------------------------------------------------ construction
-    def _set_hparam(self, key: str, value: Any) -> None:
-        self.hparams[key] = value
-        if getattr(self, "_hparams_initial", None) is not None:
-            self._hparams_initial[key] = value  # logged hparams must agree, or Lightning refuses to merge
-
     def _ensure_processor(self) -> Any:
         if self.processor is None:
             self.processor = load_processor(self.hparams.model_path)
@@ -343,28 +339,13 @@ class GroundingVLMTask(L.LightningModule):
             dm.attach_processor(self._ensure_processor())
         for key in ("class_names", "desc_vocab"):
             if self.hparams.get(key) is None and hasattr(dm, key):
-                self._set_hparam(key, list(getattr(dm, key)))
-
-    def _vocab_from_checkpoint(self) -> None:
-        ckpt = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
-        if not ckpt or not Path(str(ckpt)).is_file():
-            return
-        try:
-            hp = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(
-                "hyper_parameters", {}
-            )
-        except Exception as e:  # an unreadable checkpoint fails again, with Lightning's message, when loaded
-            log.debug("could not read hyper-parameters of %s: %s", ckpt, e)
-            return
-        for key in ("class_names", "desc_vocab"):
-            if hp.get(key) is not None and self.hparams.get(key) is None:
-                self._set_hparam(key, hp[key])
+                set_hparam(self, key, list(getattr(dm, key)))
 
     def configure_model(self) -> None:
         """Load the model and processor, apply LoRA / freezing / checkpointing, build the optional head."""
         if self._trainer is not None and getattr(self._trainer, "datamodule", None) is not None:
             if self.vlm is None:
-                self._vocab_from_checkpoint()
+                hparams_from_checkpoint(self, ("class_names", "desc_vocab"))
             self.bind_datamodule(self._trainer.datamodule)  # every run: a new datamodule needs the processor
         if self.vlm is not None:
             return
@@ -866,32 +847,20 @@ class GroundingVLMTask(L.LightningModule):
             checkpoint["state_dict"].update({k: current[k] for k in omitted})
 
     # ------------------------------------------------------------------ optimisation
-    def effective_batch_size(self) -> int:
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None)
-        if batch is None:
-            raise UserError("cannot scale the LR: the datamodule has no batch_size; set model.optimizer.lr")
-        return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
-
     def configure_optimizers(self) -> dict:
         cfg = self.optim_cfg
-        lr = scaled_lr(cfg, self.effective_batch_size())
+        lr = scaled_lr(cfg, effective_batch_size(self.trainer))
         groups = vlm_param_groups(
             self.named_components(), lr=lr, weight_decay=cfg.weight_decay, lr_mult=cfg.lr_mult
         )
-        optimizer = create_optimizer(groups, cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        scheduler = create_scheduler(
-            optimizer, cfg, total_steps=total, steps_per_epoch=max(1, total // epochs)
-        )
+        optimizers = lightning_optimizers(groups, cfg, self.trainer)
         log.info(
             "optimizer %s, base lr %.3g, per component %s",
             cfg.name,
             lr,
             {g["component"]: f"{g['lr']:.3g}" for g in groups},
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers
 
     def describe(self) -> dict[str, Any]:
         """Run facts for metrics.json / reports."""

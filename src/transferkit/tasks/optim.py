@@ -18,12 +18,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 COMPONENTS = ("patch_embed", "backbone", "head")
 
@@ -87,6 +91,19 @@ def scaled_lr(cfg: OptimConfig, effective_batch: int) -> float:
         return float(cfg.lr)
     assert cfg.blr is not None, "resolve_optim_config first"
     return float(cfg.blr) * effective_batch / 256
+
+
+def effective_batch_size(trainer: L.Trainer, *, fallback: int | None = None) -> int:
+    """Samples per optimiser step: ``trainer.datamodule.batch_size`` x gradient accumulation x world size.
+
+    A datamodule without ``batch_size`` is a UserError, unless ``fallback`` stands in for it.
+    """
+    batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+    if batch is None:
+        if fallback is None:
+            raise UserError("cannot scale the LR: the datamodule has no batch_size; set model.optimizer.lr")
+        batch = fallback
+    return int(batch) * trainer.accumulate_grad_batches * trainer.world_size
 
 
 def _strip_module_path(name: str) -> list[str]:
@@ -169,6 +186,20 @@ def build_param_groups(
     return sorted(buckets.values(), key=lambda g: (g["layer_id"], g["component"], g["name"]))
 
 
+def backbone_head_param_groups(
+    backbone: Backbone, head: nn.Module | Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig, *, lr: float
+) -> list[dict]:
+    """:func:`build_param_groups` with ``cfg``'s weight decay, layer decay and LR multipliers."""
+    return build_param_groups(
+        backbone,
+        head,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        layer_decay=cfg.layer_decay,
+        lr_mult=cfg.lr_mult,
+    )
+
+
 def create_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     """An optimiser by timm name over prepared param groups (their own lr / weight_decay win)."""
     from timm.optim import create_optimizer_v2, list_optimizers
@@ -181,6 +212,22 @@ def create_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.
     return create_optimizer_v2(
         groups, opt=name, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, momentum=cfg.momentum, **kwargs
     )
+
+
+def training_steps(trainer: L.Trainer) -> tuple[int, int]:
+    """``(total optimiser steps, steps per epoch)`` of ``trainer``'s fit (Lightning's estimate), both >= 1."""
+    total = max(1, int(trainer.estimated_stepping_batches))
+    epochs = max(1, trainer.max_epochs or 1)
+    return total, max(1, total // epochs)
+
+
+def lightning_optimizers(param_groups: list[dict], cfg: OptimConfig, trainer: L.Trainer) -> dict:
+    """What ``LightningModule.configure_optimizers`` returns: ``{"optimizer", "lr_scheduler"}`` with the
+    optimiser over ``param_groups`` and the warmup + cosine schedule stepped every optimiser step."""
+    optimizer = create_optimizer(param_groups, cfg)
+    total, steps_per_epoch = training_steps(trainer)
+    scheduler = create_scheduler(optimizer, cfg, total_steps=total, steps_per_epoch=steps_per_epoch)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float, cosine: bool) -> float:

@@ -49,13 +49,16 @@ from transferkit.backbones.base import Backbone
 from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
 from transferkit.errors import UserError
 from transferkit.tasks.classification import as_dataclass
+from transferkit.tasks.common import set_hparam
 from transferkit.tasks.optim import (
     OptimConfig,
-    build_param_groups,
+    backbone_head_param_groups,
     create_optimizer,
     create_scheduler,
+    effective_batch_size,
     resolve_optim_config,
     scaled_lr,
+    training_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -348,9 +351,7 @@ class DinoContinuation(L.LightningModule):
         for key in ("image_size", "crop_sizes"):
             if self.hparams.get(key) is None and hasattr(dm, key):
                 value = getattr(dm, key)
-                self.hparams[key] = list(value) if key == "crop_sizes" else value
-                if getattr(self, "_hparams_initial", None) is not None:
-                    self._hparams_initial[key] = self.hparams[key]
+                set_hparam(self, key, list(value) if key == "crop_sizes" else value)
 
     def configure_model(self) -> None:
         if self.student is not None:
@@ -513,24 +514,13 @@ class DinoContinuation(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict:
         cfg = self.optim_cfg
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None)
-        if batch is None and cfg.lr is None:
-            raise UserError("cannot scale the LR: the datamodule has no batch_size; set model.optimizer.lr")
-        effective = int(batch or 1) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        # an absolute lr needs no batch size: the batch then only shows in the log line
+        effective = effective_batch_size(self.trainer, fallback=None if cfg.lr is None else 1)
         lr = scaled_lr(cfg, effective)
-        groups = build_param_groups(
-            self.student.backbone,
-            self.student.head,
-            lr=lr,
-            weight_decay=cfg.weight_decay,
-            layer_decay=cfg.layer_decay,
-            lr_mult=cfg.lr_mult,
-        )
+        groups = backbone_head_param_groups(self.student.backbone, self.student.head, cfg, lr=lr)
         optimizer = create_optimizer(groups, cfg)
-        self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        self._total_steps, self._steps_per_epoch = training_steps(self.trainer)
         epochs = max(1, self.trainer.max_epochs or 1)
-        self._steps_per_epoch = max(1, self._total_steps // epochs)
         if (cfg.warmup_epochs or 0) >= epochs:
             log.warning(
                 "warmup_epochs=%s >= max_epochs=%s: the LR never reaches its peak; lower "

@@ -27,10 +27,11 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from transferkit.data.datamodule import shuffling_sampler
 from transferkit.data.detection.coco import read_coco
 from transferkit.data.detection.shapes import ShapesConfig, ensure_shapes
 from transferkit.data.grounding import (
@@ -71,6 +72,18 @@ def object_label(obj: Any, label_from: str) -> str:
     if label_from == "object":
         return "object"
     return obj.category
+
+
+def object_indices(
+    objects: Sequence[Any], class_index: dict[str, int], desc_index: dict[str, int], label_from: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per object, int64 ``(N,)`` each: its class index (-1 when the class is unknown) and its description
+    index (``IGNORE_DESC`` when the description is outside the vocabulary)."""
+    labels = torch.tensor(
+        [class_index.get(object_label(o, label_from), -1) for o in objects], dtype=torch.int64
+    )
+    desc = torch.tensor([desc_index.get(o.desc, IGNORE_DESC) for o in objects], dtype=torch.int64)
+    return labels, desc
 
 
 def _labels_and_desc(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,13 +171,12 @@ class DetectionDataset(Dataset):
         h, w = image.height, image.width
         objs = rec.objects
         boxes = torch.tensor([o.bbox for o in objs], dtype=torch.float32).reshape(-1, 4)
+        labels, desc = object_indices(objs, self.class_index, self.desc_index, self.label_from)
         sample = {
             "image": image,
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
-            "labels": torch.tensor(
-                [self.class_index.get(object_label(o, self.label_from), -1) for o in objs], dtype=torch.int64
-            ),
-            "desc": torch.tensor([self.desc_index.get(o.desc, IGNORE_DESC) for o in objs], dtype=torch.int64),
+            "labels": labels,
+            "desc": desc,
         }
         out = self.transform(sample)
         img = out["image"]
@@ -415,14 +427,7 @@ class DetectionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train", train_transform=True)
-        trainer = getattr(self, "trainer", None)
-        sampler = DistributedSampler(
-            ds,
-            num_replicas=int(getattr(trainer, "world_size", 1) or 1),
-            rank=int(getattr(trainer, "global_rank", 0) or 0),
-            shuffle=True,
-            seed=self.seed,
-        )
+        sampler = shuffling_sampler(ds, getattr(self, "trainer", None), self.seed)
         return self._loader(ds, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
