@@ -13,7 +13,6 @@ from transferkit.data.vlm_grounding import VLMGroundingDataModule
 from transferkit.errors import DatasetError, UserError
 from transferkit.vlm.chat import IGNORE_INDEX, resized_size
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
