@@ -180,3 +180,30 @@ def test_bad_requests_are_user_errors(digits_folder, tmp_path):
         get_features("gpt2-tiny", dm, "val", pooling="cls", cache_dir=tmp_path, progress=False)
     with pytest.raises(UserError, match="layers must be between"):
         get_features("gpt2-tiny", dm, "val", layers=7, cache_dir=tmp_path, progress=False)
+
+
+def test_block_entry_serves_the_final_output_when_the_last_block_is_final(
+    digits_folder, tmp_path, monkeypatch
+):
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    fresh = get_features(bb, dm, "val", cache=False, progress=False).features  # (N, D), no cache
+    blocks = get_features(
+        bb, dm, "val", layers=2, extra_poolings=["mean"], cache_dir=tmp_path, progress=False
+    )
+    seen = count_forward(bb, monkeypatch)
+    final = get_features(bb, dm, "val", cache_dir=tmp_path, progress=False)
+    # two images checked that the last block is the final output; the split itself did not run again
+    assert final.metadata["cache_hit"] and final.path == blocks.path and seen[0] == 2 * 2
+    np.testing.assert_allclose(final.features, fresh, rtol=1e-4, atol=1e-5)
+    assert not [p for p in tmp_path.rglob("final-*")]
+
+
+def test_block_entry_is_not_used_when_the_final_output_differs(digits_folder, tmp_path, monkeypatch):
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    get_features(bb, dm, "val", layers=2, cache_dir=tmp_path, progress=False)
+    original = bb.forward_features
+    monkeypatch.setattr(bb, "forward_features", lambda images: original(images) * 2.0)  # e.g. a pooler on top
+    final = get_features(bb, dm, "val", cache_dir=tmp_path, progress=False)
+    assert not final.metadata["cache_hit"] and final.path.name.startswith("final-")

@@ -324,9 +324,12 @@ def _load_entry(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | N
     return summaries, labels, meta
 
 
-def _find_entry(key_dir: Path, layers: int | None, summaries: Sequence[str]) -> Path | None:
+def _find_entry(
+    key_dir: Path, layers: int | None, summaries: Sequence[str], *, blocks_for_final: bool = False
+) -> Path | None:
     """The smallest complete entry under ``key_dir`` that stores ``summaries`` for the final output
-    (``layers=None``; only ``final-*`` entries) or for at least the last ``layers`` blocks (``L*`` entries)."""
+    (``layers=None``: ``final-*`` entries, or with ``blocks_for_final`` only ``L*`` entries, whose last block
+    stands for it) or for at least the last ``layers`` blocks (``L*`` entries)."""
     if not key_dir.is_dir():
         return None
     best: tuple[int, Path] | None = None
@@ -337,7 +340,10 @@ def _find_entry(key_dir: Path, layers: int | None, summaries: Sequence[str]) -> 
         n, stored = parsed
         if not set(summaries) <= set(stored):
             continue
-        if (layers is None) != (n is None) or (layers is not None and n < layers):
+        if layers is None and blocks_for_final:
+            if n is None:
+                continue
+        elif (layers is None) != (n is None) or (layers is not None and n < layers):
             continue
         size = (n or 1) * len(stored)
         if best is None or size < best[0]:
@@ -493,6 +499,37 @@ def _extract_loop(
     return out[:filled], labels[:filled], timing
 
 
+def last_block_is_final(backbone: Backbone, dataset: Any, num_images: int = 2) -> bool:
+    """Whether ``forward_features`` equals the last block of ``forward_intermediates`` (both ``(B, N, D)``)
+    on the first ``num_images`` readable images of ``dataset``: true when the adapter passes intermediates
+    through the final norm (Hugging Face and timm ViTs, language models), false for e.g. a pooler on top."""
+    images = []
+    for i in range(len(dataset)):
+        try:
+            item = dataset[i]
+        except Exception:  # an unreadable image: try the next one
+            continue
+        if item is not None:
+            images.append(item[0])
+        if len(images) == num_images:
+            break
+    if not images:
+        return False
+    x = torch.stack(images).to(next(backbone.parameters()).device)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode():
+            final = backbone.forward_features(x)
+            last = backbone.forward_intermediates(x, 1)[-1]
+    except Exception as e:  # no per-block features (some timm models): only a final entry will do
+        log.debug("no block features to compare for %s: %s", backbone.name, e)
+        return False
+    finally:
+        backbone.train(was_training)
+    return final.shape == last.shape and torch.allclose(final.float(), last.float(), rtol=1e-4, atol=1e-5)
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -575,6 +612,12 @@ def get_features(
 
     if cache and not refresh:
         found = _find_entry(key_dir, layers, summaries)
+        if found is None and layers is None:
+            # an entry of the last k blocks (compare's probes store one) serves the final output when the
+            # backbone's last block output *is* its final output; checked on two images, not assumed
+            found = _find_entry(key_dir, None, summaries, blocks_for_final=True)
+            if found is not None and not last_block_is_final(bb, datamodule.dataset(split)):
+                found = None
         loaded = _load_entry(found) if found is not None else None
         if loaded is not None:
             arr, labels, meta = loaded
