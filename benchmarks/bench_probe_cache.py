@@ -76,9 +76,10 @@ def main() -> None:
 
     from rich.table import Table
 
+    from transferkit.backbones import resolve_backbone
     from transferkit.data import ImageClassificationDataModule
     from transferkit.data.sources import collate_drop_none
-    from transferkit.probe.cache import extract_summaries, get_features, resolve_backbone
+    from transferkit.probe.cache import extract_summaries, get_features
     from transferkit.probe.linear import LinearGridConfig, feature_variants, train_linear_grid
     from transferkit.utils.console import make_console
 

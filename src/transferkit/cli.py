@@ -1,41 +1,74 @@
-"""The ``transferkit`` command.
+"""The ``transferkit`` command: one CLI, two engines.
 
-``fit``/``validate``/``test``/``predict`` go through LightningCLI (typed YAML configs, ``--print_config``,
-dotted overrides, ``class_path``/``init_args``); every other command lives in ``transferkit.commands.<name>``
-and exposes ``main(argv) -> int``.
+- ``fit``/``validate``/``test``/``predict`` go through LightningCLI (:mod:`transferkit.lightning_cli`): typed YAML
+  configs, ``class_path``/``init_args``, ``--print_config``, dotted overrides.
+- Every other command is a typed Python function (its parameters are dataclasses and plain types) in
+  :mod:`transferkit.commands`, listed in :data:`COMMANDS` (name -> ``module:function``, litgpt-style). Its
+  jsonargparse parser is built from the function's signature and docstring when the command runs (so
+  ``transferkit --help`` imports nothing heavy): every command has ``--config``, ``--print_config`` and
+  dotted overrides (``--probe.epochs 20``); a ``DataSpec`` parameter becomes every
+  ``ImageClassificationDataModule`` option under ``--data.*`` plus ``--data.classes``, with the ``--data X``
+  shorthand of :func:`transferkit.data.spec.expand_data_shorthand`.
 
-Every run is a directory ``<runs_dir>/<name>/`` holding the resolved ``config.yaml``, ``metrics.json``,
-``log/`` (CSV + TensorBoard) and ``checkpoints/`` (``best.ckpt`` + ``last.ckpt``).
+Abbreviated options are refused; an unknown option is one line naming it and its closest valid keys. Any
+:class:`~transferkit.errors.UserError` prints as ``error: ...`` and exits with status 2.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib
+import inspect
 import logging
 import os
 import sys
-import time
 import warnings
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from transferkit.errors import UserError
+from transferkit.errors import OneLineErrors, UserError, user_error_in
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-#: other commands: name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("transferkit.commands.data", "dataset tools: check, make-shapes, convert"),
-    "backbones": ("transferkit.commands.backbones", "list the registered backbones"),
-    "extract": ("transferkit.commands.extract", "run a frozen backbone once over a dataset, cache features"),
-    "compare": ("transferkit.commands.compare", "fair comparison of backbones: probes, kNN, report"),
-    "rank": ("transferkit.commands.rank", "rank backbones for a dataset without fine-tuning them"),
-    "evaluate": ("transferkit.commands.evaluate", "full evaluation of a run: metrics, curves, robustness"),
-    "analyze": (
-        "transferkit.commands.analyze",
-        "feature/weight/activation/attention/loss-landscape analysis",
+#: command -> (target, one-line help); a target is ``module:function`` or {subcommand: target}, where the
+#: subcommand "" is what the bare command runs
+COMMANDS: dict[str, tuple[str | dict[str, str], str]] = {
+    "compare": ("transferkit.commands.compare:compare", "fair comparison of backbones: probes, kNN, report"),
+    "extract": (
+        "transferkit.commands.extract:extract",
+        "run frozen backbones once over a dataset, cache features",
     ),
-    "export": ("transferkit.commands.export", "export a run to ONNX / HF / TorchScript with parity checks"),
-    "serve": ("transferkit.commands.serve", "serve an exported artifact over HTTP (FastAPI)"),
+    "rank": (
+        {
+            "": "transferkit.commands.rank:rank",
+            "benchmark": "transferkit.commands.rank:benchmark",
+            "train": "transferkit.commands.rank:train",
+            "evaluate": "transferkit.commands.rank:evaluate",
+        },
+        "rank backbones for a dataset without fine-tuning them (subcommands: benchmark, train, evaluate)",
+    ),
+    "evaluate": (
+        "transferkit.commands.evaluate:evaluate",
+        "full evaluation of a run: metrics, curves, robustness",
+    ),
+    "analyze": (
+        "transferkit.commands.analyze:analyze",
+        "feature/weight/activation/attention/landscape analysis",
+    ),
+    "export": (
+        "transferkit.commands.export:export",
+        "export a run to ONNX / HF / TorchScript with parity checks",
+    ),
+    "serve": ("transferkit.commands.serve:serve", "serve an exported artifact over HTTP (FastAPI)"),
+    "data": (
+        {
+            "check": "transferkit.commands.data:check",
+            "make-shapes": "transferkit.commands.data:make_shapes",
+            "convert": "transferkit.commands.data:convert",
+        },
+        "dataset tools: check, make-shapes, convert",
+    ),
+    "backbones": ("transferkit.commands.backbones:backbones", "list the registered backbones"),
 }
 
 log = logging.getLogger("transferkit")
@@ -69,7 +102,7 @@ def _drop_cloud_logger_tip(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``transferkit`` console script."""
+    """Entry point of the ``transferkit`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     if not argv or argv[0] in ("-h", "--help"):
@@ -83,57 +116,148 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     try:
         if command in LIGHTNING_COMMANDS:
-            run_lightning(argv)
+            from transferkit.lightning_cli import run_lightning
+
+            run_lightning(argv, from_sys_argv=argv == sys.argv[1:])
             return 0
         if command in COMMANDS:
-            try:
-                module = importlib.import_module(COMMANDS[command][0])
-            except ModuleNotFoundError as e:
-                if e.name != COMMANDS[command][0]:
-                    raise
-                raise UserError(f"'transferkit {command}' is not available in this version") from None
-            return int(module.main(argv[1:]) or 0)
+            return run_command(command, argv[1:])
+        raise UserError(f"unknown command '{command}'{_close(command, [*LIGHTNING_COMMANDS, *COMMANDS])}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
-    print(f"error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)  # noqa: T201
-    return 2
+    except SystemExit as e:  # --help, --print_config
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
-def run_lightning(argv: list[str]) -> Any:
-    """Run a LightningCLI subcommand with transferkit's run-directory conventions."""
-    # imported here so `transferkit --help` and the light commands start fast
-    import transferkit.data  # noqa: F401  (registers datamodules for short class_path names)
-    import transferkit.tasks  # noqa: F401
-    from transferkit.lightning_cli import TransferkitCLI
+# ---------------------------------------------------------------------------------------------- commands
+def run_command(command: str, argv: list[str]) -> int:
+    """Parse ``argv`` for ``command`` (one of :data:`COMMANDS`) and call its function."""
+    target, help_ = COMMANDS[command]
+    prog = f"transferkit {command}"
+    if isinstance(target, dict):
+        subs = [s for s in target if s]
+        if argv and argv[0] in subs:
+            target, prog, argv = target[argv[0]], f"{prog} {argv[0]}", argv[1:]
+        elif "" in target:
+            target = target[""]
+        elif not argv or argv[0] in ("-h", "--help"):
+            print(f"usage: {prog} {{{','.join(subs)}}} [options]\n\n{help_}")  # noqa: T201
+            return 0 if argv else 2
+        else:
+            raise UserError(
+                f"unknown subcommand '{prog} {argv[0]}'{_close(argv[0], subs)}; choose one of {subs}"
+            )
+        epilog = (
+            f"subcommands: {', '.join(subs)} ('{prog} SUBCOMMAND --help')" if prog.count(" ") == 1 else None
+        )
+    else:
+        epilog = None
+    fn = resolve_target(target)
+    return call_command(fn, argv, prog, epilog=epilog)
 
-    try:
-        # args=None lets LightningCLI read sys.argv itself; called from Python (tests, notebooks) it warns that
-        # sys.argv holds other arguments, which is expected here
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            return TransferkitCLI(args=None if argv == sys.argv[1:] else argv)
-    except UserError:
-        raise
-    except Exception as e:  # errors from instantiating user classes arrive wrapped by jsonargparse
-        cause = e
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
+
+def resolve_target(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+def _special_params(fn: Callable[..., Any]) -> tuple[list[str], dict[str, type]]:
+    """Parameters the parser builds itself: ``DataSpec`` ones (``--<name>.*``) and dataclasses marked
+    ``cli_flatten`` (their fields become top-level options, e.g. ``--batch_size``)."""
+    import dataclasses
+    import typing
+
+    from transferkit.data.spec import DataSpec
+
+    hints = {k: v for k, v in typing.get_type_hints(fn).items() if k != "return"}
+    data = [n for n, t in hints.items() if t is DataSpec]
+    flat = {
+        n: t for n, t in hints.items() if dataclasses.is_dataclass(t) and getattr(t, "cli_flatten", False)
+    }
+    return data, flat
 
 
-def unique_run_dir(runs_dir: Path, name: str) -> Path:
-    """``runs_dir/name``, or ``name-2``, ``name-3``... when that folder already holds a run."""
-    candidate, i = runs_dir / name, 2
-    while candidate.exists() and any(candidate.iterdir()):
-        candidate, i = runs_dir / f"{name}-{i}", i + 1
-    return candidate
+def build_command_parser(fn: Callable[..., Any], prog: str, epilog: str | None = None) -> Any:
+    """The jsonargparse parser of a command function: ``--config``, ``--print_config``, one option per
+    parameter (dataclass parameters as dotted groups; required positional parameters as positionals)."""
+    from jsonargparse import ActionConfigFile
+
+    doc = inspect.getdoc(fn) or ""
+    parser = CommandParser(prog=prog, description=doc.split("\n\n")[0], epilog=epilog, allow_abbrev=False)
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="a YAML config of this command (--print_config writes one)"
+    )
+    data, flat = _special_params(fn)
+    if data:
+        from transferkit.data.datamodule import ImageClassificationDataModule
+
+        for key in data:
+            parser.add_method_arguments(ImageClassificationDataModule, "__init__", key, fail_untyped=False)
+            parser.add_argument(
+                f"--{key}.classes",
+                type=list[int | str] | None,
+                default=None,
+                help="keep only these class names (a class-subset task); default: every class",
+            )
+    parser.add_function_arguments(fn, as_positional=True, skip={*data, *flat})
+    for cls in flat.values():
+        parser.add_method_arguments(cls, "__init__", None, as_group=False, fail_untyped=False)
+    return parser
+
+
+def call_command(fn: Callable[..., Any], argv: list[str], prog: str, epilog: str | None = None) -> int:
+    """Parse ``argv`` with the function's parser, build its dataclass parameters, call it."""
+    import dataclasses
+
+    from transferkit.data.spec import DataSpec, expand_data_shorthand
+    from transferkit.runs import command_config
+
+    data, flat = _special_params(fn)
+    if data:
+        argv = expand_data_shorthand(argv)
+    parser = build_command_parser(fn, prog, epilog)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="jsonargparse")
+        cfg = parser.parse_args(argv)
+        text = parser.dump(cfg, skip_none=False)
+        built: dict[str, Any] = {}
+        try:
+            for key in data:
+                args = cfg.pop(key).as_dict()
+                classes = args.pop("classes", None)
+                built[key] = DataSpec(args, None if classes is None else [str(c) for c in classes])
+            for key, cls in flat.items():
+                built[key] = cls(**{f.name: cfg.pop(f.name) for f in dataclasses.fields(cls) if f.init})
+            init = parser.instantiate(cfg)
+        except Exception as e:  # a dataclass's own validation arrives wrapped by jsonargparse
+            raise user_error_in(e) from None
+    params = inspect.signature(fn).parameters
+    kwargs = {k: init[k] for k in init.keys() if "." not in k and k in params}
+    kwargs.update(built)
+    with command_config(text):
+        result = fn(**kwargs)
+    return int(result or 0)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _close(word: str, choices: list[str]) -> str:
+    near = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+@functools.cache
+def _parser_class() -> type:
+    from jsonargparse import ArgumentParser
+
+    class CommandParser(OneLineErrors, ArgumentParser):
+        """jsonargparse's parser with one-line usage errors (:class:`~transferkit.errors.OneLineErrors`)."""
+
+    return CommandParser
+
+
+def CommandParser(**kwargs: Any) -> Any:  # noqa: N802  (the class is built on first use: --help stays light)
+    return _parser_class()(**kwargs)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,19 @@
-"""LightningCLI with transferkit's conventions: run directories, metrics.json, ``--validate_only``."""
+"""LightningCLI with transferkit's conventions: run directories, metrics.json, ``--validate_only``.
+
+Run directories come from :mod:`transferkit.runs`: ``fit`` claims a new ``<runs_dir>/<name>`` (``name-2``... when
+taken) and writes its resolved config as ``config.yaml`` with ``name`` set to the run's folder name; ``fit
+--ckpt_path last|best|PATH`` resumes ``<runs_dir>/<name>`` (or the run a checkpoint path lies in);
+``validate``/``test``/``predict`` write into the run of their checkpoint (or ``<runs_dir>/<name>``) and save
+their own config beside it as ``config.<subcommand>.yaml``, so ``config.yaml`` stays the fit config. Options
+are never abbreviated, and a bad option is one line (:class:`~transferkit.errors.OneLineErrors`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +24,56 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from transferkit.cli import unique_run_dir
-from transferkit.errors import UserError
+from transferkit.errors import OneLineErrors, UserError, user_error_in
+from transferkit.runs import RunDir, check_run_name
 from transferkit.utils.console import make_console
-from transferkit.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("transferkit")
 
+#: the run folder rank 0 chose, handed to the processes Lightning's launcher starts for the other ranks
+RUN_DIR_ENV = "TRANSFERKIT_RUN_DIR"
+
+
+class TransferkitArgumentParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser with one-line usage errors."""
+
 
 class RunConfigSaver(SaveConfigCallback):
-    """Writes the fully resolved config to ``<run>/config.yaml`` (rank zero, atomically)."""
+    """Writes the resolved config into the run (rank zero, atomically): ``config.yaml`` for ``fit``,
+    ``config.<subcommand>.yaml`` for the others."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if getattr(self, "_saved", False) or not trainer.is_global_zero:
             return
         text = self.parser.dump(self.config, skip_none=False)
-        atomic_write_text(Path(trainer.default_root_dir) / "config.yaml", text)
+        command = None if stage == "fit" else {"validate": "validate", "test": "test"}.get(stage, stage)
+        RunDir(Path(trainer.default_root_dir)).write_config(text, command)
         self._saved = True
+
+
+def run_lightning(argv: list[str], from_sys_argv: bool = False) -> Any:
+    """Run a LightningCLI subcommand (``argv[0]``) with transferkit's run-directory conventions."""
+    # imported here so `transferkit --help` and the light commands start fast
+    import transferkit.data  # noqa: F401  (registers datamodules for short class_path names)
+    import transferkit.tasks  # noqa: F401
+
+    inherited = os.environ.get(RUN_DIR_ENV)
+    try:
+        # args=None lets LightningCLI read sys.argv itself; called from Python (tests, notebooks) it warns that
+        # sys.argv holds other arguments, which is expected here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            return TransferkitCLI(args=None if from_sys_argv else argv)
+    except UserError:
+        raise
+    except Exception as e:  # errors from instantiating user classes arrive wrapped by jsonargparse
+        cause = user_error_in(e)
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
 
 
 class TransferkitCLI(LightningCLI):
@@ -47,7 +90,11 @@ class TransferkitCLI(LightningCLI):
             save_config_callback=RunConfigSaver,
             seed_everything_default=0,
             args=args,
-            parser_kwargs={"description": "transferkit: train, validate, test or predict with a YAML config"},
+            parser_class=TransferkitArgumentParser,
+            parser_kwargs={
+                "description": "transferkit: train, validate, test or predict with a YAML config",
+                "allow_abbrev": False,
+            },
             **kwargs,
         )
 
@@ -73,21 +120,34 @@ class TransferkitCLI(LightningCLI):
     def _resolve_run_dir(self) -> Path:
         cfg = self._sub()
         runs_dir = Path(cfg.get("runs_dir") or "runs")
-        ckpt = cfg.get("ckpt_path")
-        if (
-            ckpt
-            and ckpt not in ("last", "best")
-            and Path(ckpt).is_file()
-            and Path(ckpt).parent.name == "checkpoints"
-        ):
-            return Path(ckpt).parent.parent  # evaluating / resuming a run's own checkpoint
         name = cfg.get("name")
         if not name:
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "run"
-        if self.subcommand == "fit" and not ckpt:
-            return unique_run_dir(runs_dir, name)
-        return runs_dir / name
+        name = check_run_name(name)
+        ckpt = cfg.get("ckpt_path")
+        inherited = os.environ.get(RUN_DIR_ENV)
+        if inherited and (os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0"):
+            return Path(inherited)  # a process Lightning's launcher started for another rank
+        if self._get(self.config, "validate_only"):
+            return runs_dir / name  # nothing is written
+        own = RunDir.of_checkpoint(ckpt) if ckpt and ckpt not in ("last", "best") else None
+        if own is not None:
+            run = own  # evaluating / resuming a run's own checkpoint
+        elif self.subcommand == "fit" and not ckpt:
+            run = RunDir.create(runs_dir, name, "fit")
+        elif self.subcommand == "fit":
+            if not (runs_dir / name).is_dir():
+                raise UserError(
+                    f"--ckpt_path {ckpt} resumes runs/<name>, but there is no run '{runs_dir / name}'; pass the "
+                    "run's --name (and --runs_dir)"
+                )
+            run = RunDir(runs_dir / name)
+        else:
+            run = RunDir.open_or_create(runs_dir, name, self.subcommand)
+        cfg["name"] = run.name  # the saved config names the run it belongs to
+        os.environ[RUN_DIR_ENV] = str(run.path)
+        return run.path
 
     def before_instantiate_classes(self) -> None:
         self.run_dir = self._resolve_run_dir()
@@ -201,17 +261,8 @@ class TransferkitCLI(LightningCLI):
     def write_metrics(self, **extra: Any) -> None:
         if not self.trainer.is_global_zero:
             return
-        path = self.run_dir / "metrics.json"
-        metrics: dict[str, Any] = {}
-        if path.is_file():
-            import json
-
-            try:
-                metrics = json.loads(path.read_text())
-            except ValueError:
-                metrics = {}
         final = getattr(self.model, "final_metrics", {}) or {}
-        metrics.update(final)
+        metrics: dict[str, Any] = dict(final)
         if hasattr(self.model, "describe"):
             metrics.update(self.model.describe())
         metrics.update(
@@ -222,8 +273,8 @@ class TransferkitCLI(LightningCLI):
             wall_time_s=round(time.time() - self._started, 2),
             **extra,
         )
-        atomic_write_json(path, metrics)
+        RunDir(self.run_dir).update_metrics(metrics)
         for split in ("val", "test"):
             if split in final:
                 log.info("%s: %s", split, {k: v for k, v in final[split].items() if not isinstance(v, dict)})
-        log.info("wrote %s", path)
+        log.info("wrote %s", self.run_dir / "metrics.json")

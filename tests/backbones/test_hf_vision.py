@@ -10,9 +10,8 @@ import pytest
 import torch
 import transformers as T
 
-from transferkit.backbones import hf_vision
+from transferkit.backbones import build_backbone, hf_vision
 from transferkit.backbones.hf_vision import HFVisionBackbone, build_hf_vision, tiny_config
-from transferkit.backbones.registry import build_backbone
 from transferkit.errors import UserError
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
-from transferkit.backbones import language
+from transferkit.backbones import build_backbone, language, registered_backbones
 from transferkit.backbones.language import (
     LanguageBackbone,
     PatchEmbed,
@@ -19,7 +19,6 @@ from transferkit.backbones.language import (
     is_text_model_type,
     tiny_config,
 )
-from transferkit.backbones.registry import build_backbone, registered_backbones
 from transferkit.errors import UserError
 
 IMG, PATCH = 32, 8  # 4 x 4 = 16 patches

@@ -14,8 +14,8 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from transferkit.backbones import build_backbone, registered_backbones
 from transferkit.backbones.base import Backbone
-from transferkit.backbones.registry import build_backbone, registered_backbones
 from transferkit.errors import UnknownBackboneError, UserError
 
 IMAGE_SIZE = 32

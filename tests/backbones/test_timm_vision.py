@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from timm.models import group_parameters
 
-from transferkit.backbones.registry import build_backbone
+from transferkit.backbones import build_backbone
 from transferkit.backbones.timm_vision import TimmBackbone, build_timm
 from transferkit.errors import UnknownBackboneError, UserError
 

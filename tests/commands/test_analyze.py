@@ -101,4 +101,5 @@ def test_each_analysis_writes_its_files_and_report_section(tiny_run, what):
 
 def test_analyze_rejects_unknown_analysis(tmp_path, capsys):
     assert main(["analyze", "shapley", "--run", str(tmp_path)]) == 2
-    assert "unknown analysis" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "WHAT: expected one of" in err and "shapley" in err

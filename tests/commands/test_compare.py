@@ -60,6 +60,12 @@ def test_default_compare_minilm_next_to_its_random_twin(tmp_path, capsys):
     assert saved["backbones"] == ["minilm-l6", "minilm-l6:random", "vit-tiny:random"]
     perf = json.loads((tmp_path / "runs" / "performance.json").read_text())
     assert len(perf["rows"]) == 6 and perf["rows"][0]["dataset"]["name"] == "digits"
+    assert {r["protocol"] for r in perf["rows"]} == {"linear_probe", "knn"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (
+        metrics["backbones"]["minilm-l6"]["linear_probe"]["test_acc1"]
+        == by_name["minilm-l6"]["linear"]["test_acc1"]
+    )
     out = capsys.readouterr().out
     assert "minilm-l6:random: linear" in out and str(run / "report.md") in out
 
@@ -78,15 +84,20 @@ def test_compare_folder_shorthand_with_finetune(tmp_path):
         "--progress",
         "false",
     ]
-    args += ["--finetune", "--finetune_options.epochs", "1", "--finetune_options.limit_train_batches", "2"]
+    args += ["--finetune.epochs", "1", "--finetune.limit_train_batches", "2"]
     args += ["--runs_dir", str(tmp_path / "runs"), "--name", "ft", "--cache_dir", str(tmp_path / "cache")]
-    code = main([*args, "--no_record_performance"])
+    code = main([*args, "--record_results", "false"])
     assert code == 0
     results = json.loads((tmp_path / "runs" / "ft" / "results.json").read_text())
     assert results["dataset"]["source"] == "imagefolder" and results["dataset"]["num_classes"] == 4
     for e in results["backbones"]:
-        assert 0.0 <= e["finetune"]["test_acc1"] <= 1.0 and e["finetune"]["epochs"] == 1
-        assert (Path(e["finetune"]["log_dir"])).is_dir()
+        ft = e["finetune"]
+        assert 0.0 <= ft["test_acc1"] <= 1.0 and ft["epochs"] == 1
+        # the fine-tune is a fit run: its own folder, config, checkpoints, and the best checkpoint reported
+        run = Path(ft["run_dir"])
+        assert run.parent == tmp_path / "runs" / "ft" / "finetune"
+        assert (run / "config.yaml").is_file() and Path(ft["checkpoint"]).name == "best.ckpt"
+        assert json.loads((run / "metrics.json").read_text())["test"]["acc1"] == ft["test_acc1"]
     rows = parse_markdown_table((tmp_path / "runs" / "ft" / "report.md").read_text())
     assert rows[0]["fine-tune top-1"] == percent(results["backbones"][0]["finetune"]["test_acc1"])
     assert not (tmp_path / "runs" / "performance.json").exists()

@@ -3,10 +3,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from transferkit.commands.data import main
+from transferkit.cli import main as cli_main
+
+
+def main(argv: list[str]) -> int:
+    return cli_main(["data", *argv])
+
 
 CLASSES = ("cat", "dog")
 
@@ -48,15 +52,14 @@ def test_check_csv_and_usage_errors(tmp_path, capsys):
     root = make_folder(tmp_path / "ds")
     rows = ["path,label"] + [f"ds/train/{c}/{i}.png,{c}" for c in CLASSES for i in range(3)]
     (tmp_path / "l.csv").write_text("\n".join(rows * 1) + "\nds/val/cat/0.png,cat\nds/val/dog/0.png,dog\n")
-    assert main(["check", str(tmp_path / "l.csv"), "--source", "csv", "--no_deep"]) == 0
+    assert main(["check", str(tmp_path / "l.csv"), "--source", "csv", "--deep", "false"]) == 0
     assert main(["check", str(root), "--source", "coco"]) == 2
     assert main(["check", "--help"]) == 0
     assert "--json" in capsys.readouterr().out
     assert main([]) == 2
 
 
-def test_check_missing_path_is_a_user_error(tmp_path):
-    from transferkit.errors import DatasetError
-
-    with pytest.raises(DatasetError, match="does not exist"):
-        main(["check", str(tmp_path / "missing")])
+def test_check_missing_path_is_a_user_error(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,8 +1,11 @@
 import json
 
 from transferkit.cli import main as cli_main
-from transferkit.commands.data import main
 from transferkit.data.grounding import read_grounding_jsonl
+
+
+def main(argv: list[str]) -> int:
+    return cli_main(["data", *argv])
 
 
 def test_make_shapes_then_convert_round_trip(tmp_path, capsys):

@@ -100,7 +100,7 @@ def test_evaluate_writes_metrics_plots_and_report(tiny_run, capsys):
 
 def test_evaluate_rejects_what_it_cannot_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "nope")]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "no run directory" in capsys.readouterr().err
     run = tmp_path / "ssl"
     run.mkdir()
     config = {

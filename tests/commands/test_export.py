@@ -57,7 +57,7 @@ def test_export_onnx_int8_and_parity_failure_exit_code(run, tmp_path, capsys):
     [
         (["--run", "no/such/run"], "no run directory"),
         (["--format", "hf", "--quantize", "int8"], "--quantize int8 needs"),
-        (["--checkpoint", "no.ckpt"], "no checkpoint"),
+        (["--ckpt_path", "no.ckpt"], "no checkpoint"),
     ],
 )
 def test_export_user_errors(run, args, message, capsys):

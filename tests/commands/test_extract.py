@@ -28,7 +28,8 @@ def write_folder(root: Path) -> Path:
 def test_extract_then_cache_hit(tmp_path, capsys):
     data = write_folder(tmp_path / "data")
     args = ["extract", "--backbones", "vit-micro,gpt2-tiny", "--data", str(data), "--data.image_size", "32",
-            "--cache_dir", str(tmp_path / "cache"), "--layers", "2", "--splits", "train,val"]  # fmt: skip
+            "--cache_dir", str(tmp_path / "cache"), "--layers", "2", "--splits", "train,val",
+            "--runs_dir", str(tmp_path / "runs")]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("extracted") == 4 and "24x2x64" in out and "12x2x64" in out
@@ -37,11 +38,22 @@ def test_extract_then_cache_hit(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count(" hit ") == 4 and "extracted" not in out
+    import json
+
+    first = json.loads((tmp_path / "runs" / "extract" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "runs" / "extract-2" / "metrics.json").read_text())
+    assert (
+        not first["features"]["vit-micro"]["train"]["cache_hit"]
+        and second["features"]["vit-micro"]["train"]["cache_hit"]
+    )
+    assert first["features"]["gpt2-tiny"]["val"]["shape"] == [12, 2, 64]
+    assert (tmp_path / "runs" / "extract" / "config.yaml").is_file()
 
 
 def test_extract_bad_split_is_one_line(tmp_path, capsys):
     data = write_folder(tmp_path / "data")
-    assert main(["extract", "--data", str(data), "--splits", "train,dev", "--cache_dir", str(tmp_path)]) == 2
+    assert main(["extract", "--data", str(data), "--splits", "train,dev", "--cache_dir", str(tmp_path),
+                 "--runs_dir", str(tmp_path / "runs")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "unknown split(s) ['dev']" in err and "Traceback" not in err
     assert main(["extract", "--data", str(tmp_path / "missing")]) == 2

@@ -3,108 +3,122 @@ import json
 import pytest
 
 from transferkit.cli import main as cli_main
-from transferkit.commands.rank import main
+from transferkit.data.spec import DataSpec
+from transferkit.results import ResultRow, ResultsTable, dataset_entry
 
-TINY = ["--image_size", "16"]
-MODEL_OPTS = [
-    "--encoder", "vit-micro", "--max_samples", "30", "--stats_dim", "1024", "--stats_slots", "16", "--code_dim", "16",
-    "--ae_hidden", "64", "--d_model", "16", "--heads", "2", "--layers", "1", "--ae_epochs", "5", "--epochs", "5",
+TINY = ["--data.image_size", "16"]
+RANKER = [
+    "--ranker.embedding.encoder", "vit-micro", "--ranker.embedding.max_samples", "30",
+    "--ranker.embedding.stats_dim", "1024", "--ranker.embedding.stats_slots", "16",
+    "--ranker.autoencoder.code_dim", "16", "--ranker.autoencoder.hidden", "[64]",
+    "--ranker.model.d_model", "16", "--ranker.model.heads", "2", "--ranker.model.layers", "1",
+    "--ranker.autoencoder_train.max_epochs", "5", "--ranker.train.max_epochs", "5",
 ]  # fmt: skip
 
 
-def test_train_list(capsys):
-    assert main(["train", "--list"]) == 0
+def main(argv: list[str]) -> int:
+    return cli_main(["rank", *argv])
+
+
+def test_help_lists_the_subcommands(capsys):
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "autoencoder" in out and "RankerTrainer" in out
+    assert "subcommands: benchmark, train, evaluate" in out
+    assert main(["train", "--help"]) == 0
+    assert "autoencoder or ranker" in capsys.readouterr().out
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
-    assert cli_main(["rank", "--data", "digits", "--backbones", "vit-micro", "--scores", "logmee"]) == 2
-    assert "unknown score 'logmee'" in capsys.readouterr().err
-    assert cli_main(["rank", "--data", str(tmp_path / "nope"), "--backbones", "vit-micro"]) == 2
-    assert "neither 'digits'" in capsys.readouterr().err
-    assert cli_main(["rank", "train", "ranker", "--runs_dir", str(tmp_path)]) == 2
-    assert "no performance table" in capsys.readouterr().err
-    assert cli_main(["rank", "train", "nosuch"]) == 2
-    assert "unknown trainer 'nosuch'" in capsys.readouterr().err
+    cases = [
+        (["--data", "digits", "--backbones", "vit-micro", "--scores", "logmee", "--runs_dir", str(tmp_path)],
+         "unknown score 'logmee'"),
+        (["--data", str(tmp_path / "nope"), "--backbones", "vit-micro"], "neither a data source"),
+        (["--data", "digits", "--backbones", "vit-micro,vit-micro"], "more than once"),
+        (["train", "ranker", "--runs_dir", str(tmp_path)], "no results table"),
+        (["train", "nosuch"], "unknown trainer 'nosuch'"),
+        (["--data", "digits", "--backbone", "vit-micro"], "unknown option '--backbone'"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def _table(runs, values: dict[str, float]) -> ResultsTable:
+    spec = DataSpec({"source": "digits", "image_size": 16})
+    entry = dataset_entry(spec.describe())
+    table = ResultsTable(runs / "performance.json")
+    table.append([ResultRow(entry, b, "linear_probe", "top1", v) for b, v in values.items()])
+    return table
 
 
 @pytest.mark.slow
 def test_rank_digits_prints_tau_against_compare_accuracies(tmp_path, capsys):
-    from transferkit.compare import dataset_identity
-    from transferkit.data import ImageClassificationDataModule
-
     runs = tmp_path / "runs"
-    fp = dataset_identity(ImageClassificationDataModule(source="digits", image_size=16))["fingerprint"]
-    rows = [
-        {
-            "dataset": {"name": "digits", "fingerprint": fp, "image_size": 16},
-            "backbone": b,
-            "metric": "linear_top1",
-            "value": v,
-        }
-        for b, v in (("vit-micro", 0.6), ("convnet-micro", 0.8))
-    ]
-    runs.mkdir()
-    (runs / "performance.json").write_text(json.dumps({"schema": 1, "rows": rows}))
+    table = _table(runs, {"vit-micro": 0.6, "convnet-micro": 0.8})
     argv = ["--data", "digits", "--backbones", "vit-micro,convnet-micro", *TINY, "--runs_dir", str(runs)]
     argv += ["--cache_dir", str(tmp_path / "cache"), "--name", "r", "--split", "val"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     for score in ("logme", "leep", "nce", "hscore", "hscore_shrinkage", "knn", "sfda", "ensemble"):
         assert score in out
-    assert "Kendall tau" in out and "weighted tau" in out
-    result = json.loads((runs / "r" / "rank.json").read_text())
+    assert "n = 2: a rank correlation of 2 backbones is not informative" in out
+    run = runs / "r"
+    for f in ("config.yaml", "metrics.json", "report.md", "report.html", "run.json"):
+        assert (run / f).is_file(), f
+    result = json.loads((run / "metrics.json").read_text())
     assert result["accuracy"] == {"vit-micro": 0.6, "convnet-micro": 0.8} and result["accuracy_exact_match"]
+    assert result["accuracy_target"] == "linear_probe/top1"
     assert set(result["correlations"]) >= {"logme", "ensemble"}
-    for c in result["correlations"].values():
-        assert (
-            c["kendall_tau"] in (-1.0, 1.0) or c["kendall_tau"] != c["kendall_tau"]
-        )  # 2 models: +-1 (or nan)
-    assert (runs / "r" / "report.md").is_file() and (runs / "r" / "report.html").is_file()
-    scores = json.loads((runs / "transferability.json").read_text())["rows"]
-    assert {r["model"] for r in scores} == {"vit-micro", "convnet-micro"} and scores[0]["dataset"] == fp
-    # a second run re-uses the cached features
+    scores = table.read(protocol="score")
+    assert {r.backbone for r in scores} == {"vit-micro", "convnet-micro"}
+    assert {r.metric for r in scores} >= {"logme", "sfda"} and all(r.split == "val" for r in scores)
+    # a second run gets its own folder and reads the cached features
     assert main([*argv, "--scores", "logme"]) == 0
-    assert json.loads((runs / "r" / "rank.json").read_text())["backbones"]["vit-micro"]["cache_hit"]
+    assert json.loads((runs / "r-2" / "metrics.json").read_text())["backbones"]["vit-micro"]["cache_hit"]
 
 
 @pytest.mark.slow
 def test_benchmark_train_rank_with_ranker_and_evaluate(tmp_path, capsys):
     runs, cache = tmp_path / "runs", str(tmp_path / "cache")
-    bench = runs / "bench"
-    common = ["--runs_dir", str(runs), "--cache_dir", cache]
-    argv = ["benchmark", "--data", "digits", "--backbones", "vit-micro,convnet-micro", *TINY]
-    assert main([*argv, "--tasks", "3", "--classes_per_task", "3", "--out", str(bench), *common]) == 0
-    rows = json.loads((bench / "performance.json").read_text())["rows"]
-    assert len(rows) == 6 and all(0 <= r["value"] <= 1 and len(r["dataset"]["classes"]) == 3 for r in rows)
-    assert len(json.loads((bench / "transferability.json").read_text())["rows"]) == 6
+    common = ["--runs_dir", str(runs)]
+    argv = [
+        "benchmark",
+        "--data",
+        "digits",
+        "--backbones",
+        "vit-micro,convnet-micro",
+        *TINY,
+        "--cache_dir",
+        cache,
+    ]
+    assert (
+        main([*argv, "--tasks", "3", "--classes_per_task", "3", "--logreg.c_powers", "[-2, 0, 2]", *common])
+        == 0
+    )
+    table = ResultsTable(runs / "performance.json")
+    probes = table.read(protocol="logistic_regression")
+    assert len(probes) == 6 and all(
+        0 <= r.value <= 1 and len(r.dataset["spec"]["classes"]) == 3 for r in probes
+    )
+    assert {r.metric for r in table.read(protocol="score")} >= {"logme", "leep"}
 
-    table = ["--table", str(bench / "performance.json")]
-    assert main(["train", "Ranker", *table, *MODEL_OPTS, *common, "--name", "learned"]) == 0
+    assert main(["train", "Ranker", *RANKER, *common, "--cache_dir", cache, "--name", "learned"]) == 0
     learned = runs / "learned"
     for sub in ("autoencoder", "ranker"):
         assert (learned / sub / "model.pt").is_file() and (learned / sub / "loss_curves.png").is_file()
         assert json.loads((learned / sub / "history.json").read_text())["epochs"]
     assert json.loads((learned / "ranker.json").read_text())["settings"]["encoder"] == "vit-micro"
 
-    argv = [
-        "--data",
-        "digits",
-        "--backbones",
-        "vit-micro,convnet-micro",
-        *TINY,
-        "--scores",
-        "logme,knn",
-        "--split",
-        "val",
-    ]
-    assert main([*argv, "--ranker", str(learned), *common, "--name", "r"]) == 0
-    assert "learned" in json.loads((runs / "r" / "rank.json").read_text())["scores"]
+    argv = ["--data", "digits", "--backbones", "vit-micro,convnet-micro", *TINY, "--scores", "logme,knn"]
+    argv += ["--split", "val", "--cache_dir", cache]
+    assert main([*argv, "--learned_ranker", str(learned), *common, "--name", "r"]) == 0
+    assert "learned" in json.loads((runs / "r" / "metrics.json").read_text())["scores"]
 
-    assert main(["evaluate", *table, *MODEL_OPTS, *common, "--name", "ev"]) == 0
+    assert main(["evaluate", *RANKER, *common, "--cache_dir", cache, "--name", "ev"]) == 0
     out = capsys.readouterr().out
     assert "leave-one-dataset-out over 3 datasets" in out
-    lodo = json.loads((runs / "ev" / "lodo.json").read_text())
+    lodo = json.loads((runs / "ev" / "metrics.json").read_text())
     assert set(lodo["summary"]) >= {"ranker", "random", "logme", "sfda"}
     assert lodo["summary"]["ranker"]["datasets"] == 3
+    assert (runs / "ev" / "config.yaml").is_file() and (runs / "ev" / "report.md").is_file()

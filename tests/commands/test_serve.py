@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from transferkit.cli import main
-from transferkit.deploy.export import LoadedRun, export_run
+from transferkit.deploy.export import export_run
+from transferkit.runs import LoadedRun, RunDir
 from transferkit.tasks.classification import ImageClassifier
 
 DIGITS_DATA = {
@@ -35,7 +36,7 @@ def artifact(tmp_path_factory):
     ).eval()
     tmp = tmp_path_factory.mktemp("serve")
     config = {"model": {"class_path": "transferkit.tasks.ImageClassifier"}, "data": DIGITS_DATA}
-    loaded = LoadedRun(tmp, tmp / "none.ckpt", module, config, "transferkit.tasks.ImageClassifier")
+    loaded = LoadedRun(RunDir(tmp), tmp / "none.ckpt", module, config)
     return export_run(None, tmp / "ts", "torchscript", loaded=loaded).directory
 
 

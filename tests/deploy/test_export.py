@@ -9,9 +9,10 @@ import onnx
 import pytest
 import torch
 
-from transferkit.deploy.artifact import load_artifact, load_hf_graph, read_metadata
-from transferkit.deploy.export import ExportGraph, LoadedRun, export_run, load_run, parity_check
+from transferkit.deploy.artifact import ExportGraph, load_artifact, load_hf_graph, read_metadata
+from transferkit.deploy.export import export_run, parity_check
 from transferkit.errors import UserError
+from transferkit.runs import LoadedRun, RunDir, load_run
 from transferkit.tasks.classification import ImageClassifier
 
 DIGITS_DATA = {
@@ -38,7 +39,7 @@ def test_onnx_export_matches_eager_with_dynamic_batch(onnx_export, tiny_run):
     assert saved["class_names"] == [str(i) for i in range(10)]
     assert saved["preprocessing"]["image_size"] == 32
     assert saved["preprocessing"]["normalized_in_graph"] is True
-    module = onnx_export.loaded.module
+    module = onnx_export.loaded.model
     assert saved["preprocessing"]["mean"] == pytest.approx(list(module.backbone.mean))
     assert saved["backbone"]["name"] == "vit-micro"
     assert saved["outputs"] == [{"name": "logits", "shape": ["batch", 10], "dtype": "float32"}]
@@ -107,16 +108,14 @@ def test_load_run_errors(tmp_path, tiny_run):
     with pytest.raises(UserError, match="config.yaml"):
         load_run(tmp_path / "empty")
     with pytest.raises(UserError, match="no checkpoint"):
-        load_run(tiny_run, checkpoint=str(tmp_path / "missing.ckpt"))
+        load_run(tiny_run, ckpt_path=str(tmp_path / "missing.ckpt"))
     with pytest.raises(UserError, match="unknown export format"):
         export_run(tiny_run, tmp_path / "x", "tflite")
 
 
 def _loaded(module, tmp_path) -> LoadedRun:
     config = {"model": {"class_path": "transferkit.tasks.ImageClassifier"}, "data": DIGITS_DATA}
-    return LoadedRun(
-        tmp_path, tmp_path / "none.ckpt", module.eval(), config, "transferkit.tasks.ImageClassifier"
-    )
+    return LoadedRun(RunDir(tmp_path), tmp_path / "none.ckpt", module.eval(), config)
 
 
 @pytest.mark.slow

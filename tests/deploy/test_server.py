@@ -268,8 +268,9 @@ def test_failing_forward_is_a_500_and_the_next_request_succeeds(artifact, digit_
 def test_detection_artifact_serves_boxes_in_image_pixels(tmp_path):
     """A DETR-style detection task exports (outputs found by name) and the server returns its boxes."""
     detection = pytest.importorskip("transferkit.tasks.detection")
-    from transferkit.deploy.export import LoadedRun, export_run
+    from transferkit.deploy.export import export_run
     from transferkit.heads.detr import postprocess
+    from transferkit.runs import LoadedRun, RunDir
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -290,7 +291,7 @@ def test_detection_artifact_serves_boxes_in_image_pixels(tmp_path):
         image_size=32,
     ).eval()
     cls = "transferkit.tasks.detection.DetectionTask"
-    loaded = LoadedRun(tmp_path, tmp_path / "none.ckpt", task, {"model": {"class_path": cls}}, cls)
+    loaded = LoadedRun(RunDir(tmp_path), tmp_path / "none.ckpt", task, {"model": {"class_path": cls}})
     res = export_run(None, tmp_path / "ts", "torchscript", loaded=loaded)
     assert res.passed and res.metadata.task == "detection"
     assert res.metadata.output_names == ["pred_logits", "pred_boxes", "pred_objectness", "pred_desc_logits"]

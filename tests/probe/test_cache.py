@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from transferkit.backbones import build_backbone
+from transferkit.backbones import build_backbone, resolve_backbone
 from transferkit.data import ImageClassificationDataModule
 from transferkit.errors import UserError
-from transferkit.probe.cache import get_features, resolve_backbone, weights_digest
+from transferkit.probe.cache import get_features, weights_digest
 
 
 def dm_for(root: Path, **kw) -> ImageClassificationDataModule:

@@ -49,11 +49,12 @@ def test_report_writes_markdown_and_self_contained_html(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     report = Report("Comparison", meta="digits, 3 backbones")
-    report.add_section("Summary").add_text("Pretraining **helps**.\n\n- one\n- two")
-    report.add_table(
-        columns=["backbone", "top-1"], rows=[["a", 0.5]], title="Main", formats={"top-1": percent}, key="main"
+    sec = report.section("summary", "Summary").add_text("Pretraining **helps**.\n\n- one\n- two")
+    sec.add_table(
+        Table(["backbone", "top-1"], [["a", 0.5]], title="Main", formats={"top-1": percent}), key="main"
     )
-    report.add_image(inside, "scatter").add_image(outside, "heatmap")
+    sec.add_image(inside, "scatter").add_image(outside, "heatmap")
+    report.section("raw", "Raw").add_text("<script>alert(1)</script> stays text")
     md_path, html_path = report.write(run)
 
     md = md_path.read_text()
@@ -68,4 +69,21 @@ def test_report_writes_markdown_and_self_contained_html(tmp_path):
     assert html.count('src="data:image/png;base64,') == 2
     b64 = html.split('src="data:image/png;base64,')[1].split('"')[0]
     assert base64.b64decode(b64) == inside.read_bytes()
+    assert "<script>" not in html and "&lt;script&gt;" in html  # user text never becomes markup
     assert not list(run.glob(".*.tmp"))
+
+
+def test_sections_of_other_producers_survive_a_rewrite(tmp_path):
+    first = Report("Run x")
+    first.section("evaluation-test", "Evaluation on test").add_text("accuracy 0.5")
+    first.section("analysis-weights", "Analysis: weights").add_text("change 0.1")
+    first.write(tmp_path)
+    again = Report("ignored: the file keeps its title")
+    again.section("evaluation-test", "Evaluation on test").add_text("accuracy 0.7")
+    again.section("analysis-features", "Analysis: features").add_text("separability 0.9")
+    md_path, html_path = again.write(tmp_path)
+    md = md_path.read_text()
+    assert md.startswith("# Run x\n") and md.count("## Evaluation on test") == 1
+    assert "accuracy 0.7" in md and "accuracy 0.5" not in md
+    assert md.index("Analysis: weights") < md.index("Analysis: features")  # kept in place, new one appended
+    assert "transferkit:" not in html_path.read_text() and "separability 0.9" in html_path.read_text()

@@ -5,8 +5,7 @@ import pytest
 
 from transferkit.errors import UserError
 from transferkit.select.evaluate import rank_metrics
-from transferkit.select.ranker import RankerConfig
-from transferkit.select.table import synthetic_ranking_examples
+from transferkit.select.ranker import RankerConfig, synthetic_ranking_examples
 from transferkit.select.trainers import (
     AutoencoderTrainer,
     RankerTrainer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferkit.backbones.registry import BackboneConfig
+from transferkit.backbones import BackboneConfig
 from transferkit.errors import UserError
 from transferkit.tasks.classification import ImageClassifier, LoraOptions, RegularizationOptions
 

@@ -11,6 +11,7 @@ Each writes ``runs/<name>/analysis/<what>/`` (PNGs + ``<what>.json``) and a sect
 
 from transferkit.analysis.activations import analyze_activations
 from transferkit.analysis.attention import analyze_attention, attention_maps
+from transferkit.analysis.common import summary
 from transferkit.analysis.features import analyze_features
 from transferkit.analysis.landscape import analyze_landscape, filter_normalized_direction
 from transferkit.analysis.weights import analyze_weights
@@ -26,4 +27,5 @@ __all__ = [
     "analyze_weights",
     "attention_maps",
     "filter_normalized_direction",
+    "summary",
 ]

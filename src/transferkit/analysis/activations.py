@@ -32,9 +32,9 @@ from transferkit.analysis.common import (
     model_device,
     output_dir,
 )
-from transferkit.evaluation.plots import new_figure, save_figure
-from transferkit.evaluation.report import markdown_table
-from transferkit.evaluation.run import Run
+from transferkit.report.plots import new_figure, save_figure
+from transferkit.report.tables import markdown_table
+from transferkit.runs import LoadedRun
 
 MAX_HEATMAP_BLOCKS = 8
 HEATMAP_NEURONS = 48
@@ -73,7 +73,7 @@ def f_ratio(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def analyze_activations(
-    run: Run, *, split: str = "test", max_images: int | None = 256, seed: int = 0
+    run: LoadedRun, *, split: str = "test", max_images: int | None = 256, seed: int = 0
 ) -> dict[str, Any]:
     """Activation and gradient statistics per block of ``run`` (see the module docstring)."""
     model = run.model

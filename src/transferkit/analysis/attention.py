@@ -29,9 +29,9 @@ from torch import nn
 from transferkit.analysis.common import finish, load_images, model_device, output_dir
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
-from transferkit.evaluation.plots import new_figure, save_figure
-from transferkit.evaluation.report import markdown_table
-from transferkit.evaluation.run import Run
+from transferkit.report.plots import new_figure, save_figure
+from transferkit.report.tables import markdown_table
+from transferkit.runs import LoadedRun
 
 MAX_HEADS_SHOWN = 4
 
@@ -162,7 +162,9 @@ def _query_map(attn: torch.Tensor, q: int | None, num_prefix: int) -> torch.Tens
     return rows[..., num_prefix:]
 
 
-def analyze_attention(run: Run, *, split: str = "test", max_images: int = 8, seed: int = 0) -> dict[str, Any]:
+def analyze_attention(
+    run: LoadedRun, *, split: str = "test", max_images: int = 8, seed: int = 0
+) -> dict[str, Any]:
     """Attention maps of ``run``'s backbone on a few ``split`` images (see the module docstring)."""
     backbone = run.model.backbone
     n_classes = len(run.class_names)

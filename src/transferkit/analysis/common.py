@@ -16,14 +16,14 @@ from torch import nn
 
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
-from transferkit.evaluation.report import update_run_report
-from transferkit.evaluation.run import Run
+from transferkit.report import Report
+from transferkit.runs import LoadedRun
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
-def output_dir(run: Run, what: str) -> Path:
+def output_dir(run: LoadedRun, what: str) -> Path:
     out = run.path / "analysis" / what
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -49,7 +49,7 @@ def sample_indices(labels: list[int], max_images: int | None, seed: int = 0) -> 
 
 
 def load_images(
-    run: Run, split: str, max_images: int | None, seed: int = 0
+    run: LoadedRun, split: str, max_images: int | None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A class-stratified sample of ``split`` with the eval transform: images (N, 3, S, S) in [0, 1], labels (N,)."""
     ds = run.datamodule.dataset(split)
@@ -70,18 +70,19 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def reference_backbone(run: Run, reference: str | None) -> tuple[Backbone | None, str]:
+def reference_backbone(run: LoadedRun, reference: str | None) -> tuple[Backbone | None, str]:
     """The backbone to compare the run's trained one with, and a description.
 
     ``reference`` None: the run's starting point rebuilt from its config (exact for pretrained weights and
     saved backbones; None for a random init, which cannot be reproduced). A ``.ckpt`` path: the backbone of that
     classification checkpoint. Anything else: a backbone name or directory (``build_backbone``, pretrained).
     """
-    from transferkit.backbones.registry import BackboneConfig, build_backbone, build_backbone_from_config
+    from transferkit.backbones import BackboneConfig, build_backbone, build_backbone_from_config
 
     image_size = int(run.model.hparams.get("image_size") or run.datamodule.image_size)
     if reference is None:
-        cfg = run.model.backbone_cfg
+        trained = run.hparams.get("backbone")  # as trained: the loaded model was rebuilt without downloads
+        cfg = BackboneConfig(**dict(trained)) if isinstance(trained, dict) else run.model.backbone_cfg
         if not isinstance(cfg, BackboneConfig):
             cfg = BackboneConfig(**dict(cfg))
         bb = build_backbone_from_config(cfg, image_size=image_size)
@@ -137,14 +138,63 @@ def first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def finish(run: Run, what: str, data: dict[str, Any], files: dict[str, Path], section: str) -> dict[str, Any]:
+def finish(
+    run: LoadedRun, what: str, data: dict[str, Any], files: dict[str, Path], section: str
+) -> dict[str, Any]:
     """Write ``<what>.json`` (numbers + relative file paths) and the report section; returns the JSON dict."""
     out = output_dir(run, what)
     data = {"run": run.name, "checkpoint": str(run.checkpoint), "analysis": what, **data}
     data["files"] = {k: str(Path(v).relative_to(run.path)) for k, v in files.items()}
     atomic_write_json(out / f"{what}.json", data)
-    images = "\n".join(f"![{k}]({data['files'][k]})" for k in files)
-    body = f"## Analysis: {what}\n\nJSON: `analysis/{what}/{what}.json`.\n\n{section.strip()}\n\n{images}\n"
-    update_run_report(run.path, f"analysis-{what}", body)
+    run.run.update_metrics({"analysis": {what: _numbers(data)}})
+    report = Report(f"Run `{run.name}`")
+    sec = report.section(f"analysis-{what}", f"Analysis: {what}")
+    sec.add_text(f"JSON: `analysis/{what}/{what}.json`.").add_text(section)
+    for k in files:
+        sec.add_image(files[k], k)
+    report.write(run.path)
     log.info("wrote %s", out / f"{what}.json")
     return data
+
+
+def _numbers(data: dict[str, Any], depth: int = 2) -> dict[str, Any]:
+    """The numeric leaves of an analysis result (nested dicts up to ``depth``), for ``metrics.json``."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or k in ("files", "run", "checkpoint", "analysis"):
+            continue
+        if isinstance(v, int | float):
+            out[k] = v
+        elif isinstance(v, dict) and depth > 1:
+            inner = _numbers(v, depth - 1)
+            if inner:
+                out[k] = inner
+    return out
+
+
+def summary(what: str, data: dict[str, Any]) -> str:
+    """One line of an analysis result, for the terminal."""
+    if what == "features":
+        t = data["trained"]
+        s = f"linear separability {t['linear_separability']:.4f}, kNN {t['knn_accuracy']:.4f}, silhouette {t['silhouette']:.4f}"
+        if "reference_separability" in data:
+            r = data["reference_separability"]
+            s += f" (reference: {r['linear_separability']:.4f}, {r['knn_accuracy']:.4f}, {r['silhouette']:.4f})"
+        return s
+    if what == "weights":
+        ch = data["mean_relative_change"]
+        return f"{data['num_matrices']} matrices; mean relative change " + (
+            "n/a (" + data["reference"] + ")" if ch is None else f"{ch:.4f}"
+        )
+    if what == "activations":
+        sel = [b.get("class_selectivity") or 0.0 for b in data["blocks"]]
+        return (
+            f"{len(data['blocks'])} blocks; class selectivity first/last block {sel[0]:.3f} / {sel[-1]:.3f}"
+        )
+    if what == "attention":
+        d = [sum(b["mean_distance"]) / len(b["mean_distance"]) for b in data["blocks"]]
+        return f"{data['num_blocks']} blocks x {data['num_heads']} heads; mean attention distance first/last block {d[0]:.1f} / {d[-1]:.1f} px"
+    s = f"loss at the trained weights {data['center_loss']:.4f} (accuracy {data['center_accuracy']:.4f})"
+    if "loss_increase_at_0.5" in data:
+        s += f"; loss increase at |a|=0.5: {data['loss_increase_at_0.5']:.4f}"
+    return s

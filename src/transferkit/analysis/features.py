@@ -32,9 +32,9 @@ from transferkit.analysis.common import (
     output_dir,
     reference_backbone,
 )
-from transferkit.evaluation.plots import class_colors, new_figure, save_figure
-from transferkit.evaluation.report import markdown_table
-from transferkit.evaluation.run import Run
+from transferkit.report.plots import class_colors, new_figure, save_figure
+from transferkit.report.tables import markdown_table
+from transferkit.runs import LoadedRun
 from transferkit.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def plot_embeddings(
 
 
 def cached_features(
-    run: Run, split: str, images: torch.Tensor, max_images: int | None, seed: int
+    run: LoadedRun, split: str, images: torch.Tensor, max_images: int | None, seed: int
 ) -> torch.Tensor:
     path = output_dir(run, "features") / f"features_{split}.npz"
     key = run.cache_key(split, extra=f"features:{max_images}:{seed}:{run.model.backbone.pooling}")
@@ -125,7 +125,7 @@ def cached_features(
 
 
 def analyze_features(
-    run: Run,
+    run: LoadedRun,
     *,
     split: str = "test",
     max_images: int | None = 1000,

@@ -23,8 +23,8 @@ from torch.func import functional_call
 
 from transferkit.analysis.common import finish, load_images, model_device, output_dir
 from transferkit.errors import UserError
-from transferkit.evaluation.plots import new_figure, save_figure
-from transferkit.evaluation.run import Run
+from transferkit.report.plots import new_figure, save_figure
+from transferkit.runs import LoadedRun
 
 SCOPES = ("trainable", "all", "head", "backbone")
 
@@ -64,7 +64,7 @@ def select_params(model: torch.nn.Module, scope: str) -> dict[str, torch.Tensor]
 
 @torch.no_grad()
 def analyze_landscape(
-    run: Run,
+    run: LoadedRun,
     *,
     split: str = "train",
     max_images: int | None = 256,

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from transferkit.analysis.common import canonical_name, finish, output_dir, reference_backbone
-from transferkit.evaluation.plots import new_figure, save_figure
-from transferkit.evaluation.report import markdown_table
-from transferkit.evaluation.run import Run
+from transferkit.report.plots import new_figure, save_figure
+from transferkit.report.tables import markdown_table
+from transferkit.runs import LoadedRun
 
 MAX_SVD_SIDE = 4096  # larger matrices (vocabulary tables) get no spectrum
 
@@ -43,13 +43,13 @@ def matrix_stats(w: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def layer_order(run: Run) -> dict[str, int]:
+def layer_order(run: LoadedRun) -> dict[str, int]:
     """Backbone parameter name -> layer group index (head after the last group)."""
     groups = run.model.backbone.layer_groups()
     return {canonical_name(n): g for g, names in enumerate(groups) for n in names}
 
 
-def analyze_weights(run: Run, *, reference: str | None = None) -> dict[str, Any]:
+def analyze_weights(run: LoadedRun, *, reference: str | None = None) -> dict[str, Any]:
     """Per-layer weight statistics of ``run`` (see the module docstring)."""
     model = run.model
     order = layer_order(run)

@@ -1,13 +1,17 @@
-"""Backbones: one interface (:class:`Backbone`) over HF vision models, timm models and language models."""
+"""Backbones: one interface (:class:`Backbone`) over HF vision models, timm models and language models.
+
+Importing the package registers every adapter's backbones (:mod:`transferkit.backbones.build` imports them).
+"""
 
 from transferkit.backbones.base import Backbone, BackboneInfo
-from transferkit.backbones.registry import (
-    BackboneConfig,
+from transferkit.backbones.build import (
     build_backbone,
     build_backbone_from_config,
-    register_backbone,
     registered_backbones,
+    resolve_backbone,
+    seeded,
 )
+from transferkit.backbones.registry import BackboneConfig, register_backbone
 
 __all__ = [
     "Backbone",
@@ -17,4 +21,6 @@ __all__ = [
     "build_backbone_from_config",
     "register_backbone",
     "registered_backbones",
+    "resolve_backbone",
+    "seeded",
 ]

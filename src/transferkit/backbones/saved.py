@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from transferkit.backbones.base import Backbone
+from transferkit.backbones.registry import BackboneConfig
 from transferkit.errors import UserError
 from transferkit.utils.io import atomic_write_text
 
@@ -55,8 +56,6 @@ def save_backbone(
     as a saved backbone last).
     """
     from safetensors.torch import save_model
-
-    from transferkit.backbones.registry import BackboneConfig
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -91,71 +90,3 @@ def read_saved_meta(path: str | Path) -> dict[str, Any]:
             f"saved backbone '{p}' has no {WEIGHTS_FILE}; the save was interrupted, save it again"
         )
     return meta
-
-
-def load_saved_backbone(
-    path: str | Path,
-    pretrained: bool = True,
-    *,
-    image_size: int = 224,
-    pooling: str | None = None,
-    patch_size: int | None = None,
-    drop_path_rate: float = 0.0,
-    keep_position_embeddings: bool = True,
-    **options: Any,
-) -> Backbone:
-    """Rebuild a saved backbone (see the module docstring); ``pretrained=False`` skips loading the weights.
-
-    ``pooling`` and ``drop_path_rate`` override the saved ones; ``patch_size``, ``keep_position_embeddings``
-    and ``options`` must agree with the saved architecture (they shape it) and are taken from the save.
-    """
-    from safetensors.torch import load_model
-
-    from transferkit.backbones.registry import BackboneConfig, build_backbone
-
-    p = Path(path).expanduser()
-    meta = read_saved_meta(p)
-    known = {f.name for f in fields(BackboneConfig)}
-    saved = BackboneConfig(**{k: v for k, v in meta["backbone"].items() if k in known})
-    if patch_size is not None and saved.patch_size is not None and int(patch_size) != int(saved.patch_size):
-        raise UserError(
-            f"saved backbone '{p}' has patch_size {saved.patch_size}; drop patch_size={patch_size} (the weights "
-            "fix the architecture)"
-        )
-    if options:
-        log.info(
-            "saved backbone '%s': using the saved build options %s (ignoring %s)", p, saved.options, options
-        )
-    built_size = int(meta.get("image_size") or image_size)
-    if built_size != image_size:
-        log.info(
-            "saved backbone '%s' was built for %dpx images; building it at that size (its position embeddings "
-            "are resampled at run time for %dpx inputs)",
-            p,
-            built_size,
-            image_size,
-        )
-    # random init (no download of the original weights): every tensor comes from the save
-    model = build_backbone(
-        saved.name,
-        False,
-        image_size=built_size,
-        pooling=pooling or saved.pooling,
-        patch_size=saved.patch_size,
-        drop_path_rate=drop_path_rate,
-        keep_position_embeddings=saved.keep_position_embeddings,
-        **saved.options,
-    )
-    if pretrained:
-        try:
-            missing, unexpected = load_model(model, str(p / WEIGHTS_FILE), strict=True)
-        except RuntimeError as e:
-            raise UserError(
-                f"the weights in '{p / WEIGHTS_FILE}' do not fit the architecture '{saved.name}': "
-                f"{str(e).splitlines()[0]}"
-            ) from None
-        assert not missing and not unexpected, (missing, unexpected)
-    model.pretrained = bool(pretrained)
-    model.input_size = int(image_size)
-    model.source = str(p)
-    return model

@@ -1,90 +1,54 @@
-"""``transferkit data ...``: dataset utilities.
+"""``transferkit data check|make-shapes|convert``: dataset tools.
 
-``transferkit data check PATH [--source auto|imagefolder|csv] [--json FILE]`` checks an image-classification
-dataset (layout, classes, per-split counts and balance, unreadable / empty / duplicate / non-RGB images),
-prints a table and the issues, and exits 1 if any issue is an error, 0 otherwise.
-``make-shapes`` and ``convert`` (detection data) live in :mod:`transferkit.commands.data_detection`.
+transferkit data check path/to/dataset
+transferkit data make-shapes data/shapes --n 2000
+transferkit data convert data/shapes/train.jsonl data/shapes/train.json
 """
 
 from __future__ import annotations
 
-import json
+import json as jsonlib
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-
-from transferkit.commands import data_detection
-from transferkit.data.validate import DatasetReport, check_dataset
-from transferkit.utils.console import make_console
 
 MAX_CLASS_ROWS = 40
 
 
-def build_parser() -> ArgumentParser:
-    """The ``transferkit data`` parser, one sub-parser per sub-command."""
-    parser = ArgumentParser(prog="transferkit data", description="Dataset utilities.")
-    subcommands = parser.add_subcommands(required=True, dest="command")
+def check(
+    path: str,
+    *,
+    source: Literal["auto", "imagefolder", "csv"] = "auto",
+    json: str | None = None,
+    deep: bool = True,
+    workers: int | None = None,
+    max_issues: int = 30,
+) -> int:
+    """Check an image-classification dataset: an imagefolder tree (PATH/train|val|test/<class>/<image>) or a CSV
+    with header path,label[,split]: layout, classes, per-split counts and balance, unreadable / empty / duplicate /
+    non-RGB images. Exits 1 if any problem is an error.
 
-    check = ArgumentParser(
-        description=(
-            "Check an image-classification dataset: an imagefolder tree "
-            "(PATH/train|val|test/<class>/<image>) or a CSV with header path,label[,split]. "
-            "Exits 1 if any problem is an error."
-        )
-    )
-    check.add_argument("path", type=str, help="Dataset folder or CSV file.")
-    check.add_argument(
-        "--source",
-        type=Literal["auto", "imagefolder", "csv"],
-        default="auto",
-        help="Dataset format; auto: a folder is an imagefolder, a .csv file a CSV.",
-    )
-    check.add_argument(
-        "--json", type=str | None, default=None, help="Also write the full report to this JSON file."
-    )
-    check.add_argument(
-        "--deep",
-        action=ActionYesNo,
-        default=True,
-        help="Read and decode every image (hashes for duplicates); --no_deep checks layout and sizes only.",
-    )
-    check.add_argument("--workers", type=int | None, default=None, help="Threads reading images.")
-    check.add_argument(
-        "--max_issues", type=int, default=30, help="Issues printed (all of them go to --json)."
-    )
-    subcommands.add_subcommand("check", check, help="Check a dataset for layout, label and image problems.")
-    data_detection.add_subcommands(subcommands)  # make-shapes, convert
-    return parser
+    Args:
+        path: dataset folder or CSV file.
+        source: dataset format; auto: a folder is an imagefolder, a .csv file a CSV.
+        json: also write the full report to this JSON file.
+        deep: read and decode every image (hashes for duplicates); false checks layout and sizes only.
+        workers: threads reading images.
+        max_issues: issues printed (all of them go to --json).
+    """
+    from transferkit.data.validate import check_dataset
+    from transferkit.utils.console import make_console
 
-
-def main(argv: list[str]) -> int:
-    """Run ``transferkit data`` with ``argv`` (the words after ``data``); returns the exit status."""
-    parser = build_parser()
-    try:
-        cfg = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error jsonargparse already printed
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    if cfg.command == "check":
-        return _check(cfg.check)
-    status = data_detection.run(cfg)
-    if status is not None:
-        return status
-    raise AssertionError(f"unhandled subcommand {cfg.command}")
-
-
-def _check(args) -> int:
     console = make_console()
-    report = check_dataset(args.path, args.source, deep=args.deep, progress=True, workers=args.workers)
-    print_report(report, console, max_issues=args.max_issues)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report.to_dict(), indent=2))
-        console.print(f"report written to {out}")
+    report = check_dataset(path, source, deep=deep, progress=True, workers=workers)
+    print_report(report, console, max_issues=max_issues)
+    if json:
+        from transferkit.utils.io import atomic_write_text
+
+        atomic_write_text(json, jsonlib.dumps(report.to_dict(), indent=2))
+        console.print(f"report written to {json}")
     return 0 if report.ok else 1
 
 
@@ -94,8 +58,10 @@ def _fmt_ratio(r: float) -> str:
     return "inf" if r == float("inf") else f"{r:.2f}"
 
 
-def print_report(report: DatasetReport, console: Console, max_issues: int = 30) -> None:
-    """Render a :class:`DatasetReport`: class x split counts, imbalance, then the issues."""
+def print_report(report, console: Console, max_issues: int = 30) -> None:
+    """Render a :class:`~transferkit.data.validate.DatasetReport`: class x split counts, imbalance, the issues."""
+    from rich.table import Table
+
     console.print(
         f"[bold]{escape(report.path)}[/bold]  ({report.layout}; {report.files_checked} files checked"
         f"{'' if report.deep else ', layout only'})",
@@ -134,6 +100,129 @@ def print_report(report: DatasetReport, console: Console, max_issues: int = 30) 
         )
     if len(issues) > max_issues:
         console.print(f"... and {len(issues) - max_issues} more issues (--json FILE writes them all)")
-    n_err, n_warn = len(report.errors), len(report.warnings)
     verdict = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
-    console.print(f"{verdict}: {n_err} error(s), {n_warn} warning(s)")
+    console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+
+
+def make_shapes(
+    out: str,
+    *,
+    n: int = 2000,
+    min_size: int = 64,
+    max_size: int = 96,
+    max_objects: int = 4,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> int:
+    """Write the synthetic shapes detection set (grounding JSONL + PNGs): images, train/val/test.jsonl,
+    shapes.json.
+
+    Args:
+        out: output folder (created; must be empty or an earlier shapes set).
+        n: number of images.
+        min_size: smallest image side in pixels.
+        max_size: largest image side in pixels.
+        max_objects: most shapes per image.
+        val_fraction: share of images in val.
+        test_fraction: share of images in test.
+        seed: random seed (the set is a function of the options).
+    """
+    from rich.table import Table
+
+    from transferkit.data.detection.shapes import ShapesConfig
+    from transferkit.data.detection.shapes import make_shapes as write_shapes
+    from transferkit.errors import UserError
+    from transferkit.utils.console import make_console
+
+    folder = Path(out)
+    if folder.exists() and any(folder.iterdir()) and not (folder / "shapes.json").is_file():
+        raise UserError(f"'{folder}' is not empty and holds no shapes set; choose an empty or new folder")
+    cfg = ShapesConfig(
+        n=n, min_size=min_size, max_size=max_size, max_objects=max_objects, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed,
+    )  # fmt: skip
+    summary = write_shapes(folder, cfg)
+    console = make_console()
+    table = Table(title=f"shapes dataset in {escape(str(folder))}")
+    for col in ("split", "file", "images", "objects"):
+        table.add_column(col, justify="right" if col in ("images", "objects") else "left")
+    for split, c in summary["splits"].items():
+        table.add_row(split, f"{split}.jsonl", str(c["images"]), str(c["objects"]))
+    console.print(table)
+    console.print(
+        f"{len(summary['classes'])} classes, {summary['descriptions']} descriptions; "
+        f"train with: transferkit fit --config configs/detection/detr_shapes.yaml --data.path {folder}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def convert(
+    input: str,
+    output: str,
+    *,
+    image_root: str | None = None,
+    strict: bool = False,
+    max_issues: int = 30,
+) -> int:
+    """Convert grounding JSONL (.jsonl) <-> COCO detection json (.json); the direction follows the file
+    extensions. Malformed records are reported with their line numbers (JSONL) or index paths (COCO) and every
+    other record is converted; exits 1 when any record was skipped.
+
+    Args:
+        input: a .jsonl (grounding) or .json (COCO) file.
+        output: the .json or .jsonl file to write.
+        image_root: folder image paths are relative to, for reading sizes missing from JSONL (default: the
+            input's folder).
+        strict: stop at the first malformed record.
+        max_issues: malformed records printed.
+    """
+    from PIL import Image
+
+    from transferkit.data.detection.coco import read_coco, records_to_coco, write_coco
+    from transferkit.data.grounding import read_grounding_jsonl, write_grounding_jsonl
+    from transferkit.errors import UserError
+    from transferkit.utils.console import make_console
+
+    src, dst = Path(input), Path(output)
+    kinds = {".jsonl": "grounding", ".json": "coco"}
+    if src.suffix not in kinds or dst.suffix not in kinds or kinds[src.suffix] == kinds[dst.suffix]:
+        raise UserError(
+            f"convert needs one .jsonl (grounding) and one .json (COCO) file, got '{src.name}' -> '{dst.name}'"
+        )
+    if src.resolve() == dst.resolve():
+        raise UserError("input and output are the same file")
+    console = make_console()
+    notes: list[str] = []
+    if src.suffix == ".jsonl":
+        records, errors = read_grounding_jsonl(src, strict=strict)
+        root = Path(image_root) if image_root else src.parent
+
+        def size_of(rec) -> tuple[int, int]:
+            p = Path(rec.image)
+            with Image.open(p if p.is_absolute() else root / p) as im:
+                return im.height, im.width
+
+        coco, more = records_to_coco(records, size_of=size_of, strict=strict, source=str(src))
+        errors += more
+        write_coco(dst, coco)
+        n_images, n_objects = len(coco["images"]), len(coco["annotations"])
+    else:
+        records, errors, notes = read_coco(src, strict=strict)
+        write_grounding_jsonl(dst, records)
+        n_images, n_objects = len(records), sum(len(r.objects) for r in records)
+    for note in notes:
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    for err in errors[:max_issues]:
+        console.print(f"[red]skipped[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+    if len(errors) > max_issues:
+        console.print(f"... and {len(errors) - max_issues} more skipped records")
+    verdict = "[green]OK[/green]" if not errors else f"[red]{len(errors)} record(s) skipped[/red]"
+    console.print(
+        f"{verdict}: wrote {n_images} images, {n_objects} objects to {escape(str(dst))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1 if errors else 0

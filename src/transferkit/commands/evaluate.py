@@ -1,95 +1,72 @@
 """``transferkit evaluate --run runs/<name>``: full evaluation of a classification run.
 
-Metrics (accuracy, balanced accuracy, macro/micro precision/recall/F1, ROC-AUC, AP, NLL, Brier, ECE), a
-per-class table, confusion matrix, ROC/PR curves, reliability diagram and accuracy under common corruptions at
-5 severities; written to ``runs/<name>/evaluation/`` and the run's ``report.md``/``report.html``.
+transferkit evaluate --run runs/ft
+transferkit evaluate --run runs/ft --ckpt_path last --split val --corruptions none
 """
 
 from __future__ import annotations
 
-from jsonargparse import ArgumentParser
 
-from transferkit.utils.console import make_console
+def evaluate(
+    *,
+    run: str,
+    ckpt_path: str = "best",
+    split: str = "test",
+    corruptions: str = "all",
+    severities: list[int] = [1, 2, 3, 4, 5],
+    max_images: int | None = 1000,
+    batch_size: int | None = None,
+    bins: int = 15,
+    device: str = "auto",
+    refresh_cache: bool = False,
+    seed: int = 0,
+) -> int:
+    """Evaluate a classification run: metrics (accuracy, balanced accuracy, macro/micro precision/recall/F1,
+    ROC-AUC, AP, NLL, Brier, ECE), a per-class table, confusion matrix, ROC/PR curves, reliability diagram and
+    accuracy under common corruptions. Writes <run>/evaluation/, the summary under 'evaluation' of the run's
+    metrics.json, config.evaluate.yaml and a section of its report.
 
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="transferkit evaluate",
-        description="Evaluate a classification run: metrics, curves, calibration, robustness to corruptions.",
-    )
-    parser.add_argument(
-        "--run", type=str, required=True, help="run directory written by transferkit fit (runs/<name>)"
-    )
-    parser.add_argument("--ckpt", type=str, default="best", help="best, last or a .ckpt path")
-    parser.add_argument("--split", type=str, default="test", help="split to evaluate: test, val or train")
-    parser.add_argument(
-        "--corruptions",
-        type=str,
-        default="all",
-        help="comma-separated corruptions (gaussian_noise,gaussian_blur,jpeg,brightness,contrast,pixelate), all or none",
-    )
-    parser.add_argument(
-        "--severities", type=list[int], default=[1, 2, 3, 4, 5], help="severities 1-5 to evaluate"
-    )
-    parser.add_argument(
-        "--max_images",
-        type=int | None,
-        default=1000,
-        help="images of the split used for robustness (None = all)",
-    )
-    parser.add_argument(
-        "--batch_size", type=int | None, default=None, help="default: the run's eval batch size"
-    )
-    parser.add_argument(
-        "--bins", type=int, default=15, help="confidence bins of ECE and the reliability diagram"
-    )
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument(
-        "--no_cache", type=bool, default=False, help="recompute the predictions even if cached"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (noise)")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    Args:
+        run: run directory written by transferkit fit (runs/<name>).
+        ckpt_path: best, last or a .ckpt path.
+        split: split to evaluate: test, val or train.
+        corruptions: comma-separated corruptions (gaussian_noise, gaussian_blur, jpeg, brightness, contrast,
+            pixelate), all or none.
+        severities: severities 1-5 to evaluate.
+        max_images: images of the split used for robustness (None = all).
+        batch_size: default: the run's eval batch size.
+        bins: confidence bins of ECE and the reliability diagram.
+        device: auto, cpu, cuda, cuda:N.
+        refresh_cache: recompute the predictions even when cached.
+        seed: seed of the random corruptions (noise).
+    """
     from rich.table import Table
 
     from transferkit.evaluation import evaluate_run
+    from transferkit.runs import RunDir
+    from transferkit.utils.console import make_console
 
     result = evaluate_run(
-        args.run,
-        ckpt=args.ckpt,
-        split=args.split,
-        corruptions=args.corruptions,
-        severities=args.severities,
-        max_images=args.max_images,
-        batch_size=args.batch_size,
-        n_bins=args.bins,
-        device=args.device,
-        use_cache=not args.no_cache,
-        seed=args.seed,
+        run,
+        ckpt_path=ckpt_path,
+        split=split,
+        corruptions=corruptions,
+        severities=severities,
+        max_images=max_images,
+        batch_size=batch_size,
+        n_bins=bins,
+        device=device,
+        use_cache=not refresh_cache,
+        seed=seed,
     )
+    RunDir.open(run).write_config(command="evaluate")
     console = make_console()
     m = result["metrics"]
     table = Table(title=f"{result['run']}: {result['split']} ({m['num_samples']} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in (
-        "accuracy",
-        "top5_accuracy",
-        "balanced_accuracy",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "f1_micro",
-        "roc_auc_ovr_macro",
-        "average_precision_macro",
-        "nll",
-        "brier",
-        "ece",
-        "mce",
-    ):
+    for key in ("accuracy", "top5_accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
+                "f1_micro", "roc_auc_ovr_macro", "average_precision_macro", "nll", "brier", "ece", "mce"):  # fmt: skip
         value = m[key]
         table.add_row(key, "—" if value is None else f"{value:.4f}")
     console.print(table)
@@ -98,13 +75,9 @@ def main(argv: list[str]) -> int:
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for r in result["per_class"]:
         per_class.add_row(
-            r["class"],
-            f"{r['precision']:.3f}",
-            f"{r['recall']:.3f}",
-            f"{r['f1']:.3f}",
-            "—" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}",
-            str(r["support"]),
-        )
+            r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+            "—" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}", str(r["support"]),
+        )  # fmt: skip
     console.print(per_class)
     rob = result.get("robustness")
     if rob:
@@ -117,5 +90,5 @@ def main(argv: list[str]) -> int:
             t.add_row(name, *[f"{accs[s]:.3f}" for s in sev])
         t.add_row("[bold]mean", *[f"[bold]{rob['mean_per_severity'][s]:.3f}" for s in sev])
         console.print(t)
-    console.print(f"wrote {result['run']}/evaluation/ and report.md / report.html in {args.run}")
+    console.print(f"wrote {run}/evaluation/, metrics.json and report.md / report.html in {run}")
     return 0

@@ -1,95 +1,79 @@
 """``transferkit export --run runs/<name> --format onnx|torchscript|hf [--quantize int8]``.
 
-Writes a self-contained artifact directory (default ``<run>/export/<format>/``): the model, ``metadata.json``
-(class names, input contract, preprocessing, backbone, parity and quantization results) and, with
-``--quantize int8``, the int8 twin plus ``quantization.json``. Prints the parity check (exported vs eager on
-real test images at two batch sizes) and the quantization report (accuracy and measured speed, fp32 vs int8).
-Exits 1 when the parity check fails (max |diff| above ``--atol``).
+transferkit export --run runs/lp --format onnx --quantize int8
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from jsonargparse import ArgumentParser
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from transferkit.utils.console import make_console
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="transferkit export",
-        description="Export a run to ONNX / TorchScript / an HF-style directory and check it against eager "
-        "PyTorch; optionally add a dynamically quantized int8 twin.",
-    )
-    parser.add_argument("--run", type=str, required=True, help="Run directory written by `transferkit fit`.")
-    parser.add_argument(
-        "--format", type=Literal["onnx", "torchscript", "hf"], default="onnx", help="Artifact format."
-    )
-    parser.add_argument(
-        "--out", type=str | None, default=None, help="Artifact directory (default <run>/export/<format>)."
-    )
-    parser.add_argument("--checkpoint", type=str, default="best", help="best, last, or a checkpoint path.")
-    parser.add_argument(
-        "--quantize",
-        type=Literal["none", "int8"],
-        default="none",
-        help="int8: dynamic quantization (onnxruntime for onnx, torch.ao for torchscript), with accuracy "
-        "and speed measured on the test split.",
-    )
-    parser.add_argument("--atol", type=float, default=1e-4, help="Largest allowed |exported - eager| (fp32).")
-    parser.add_argument("--parity_images", type=int, default=8, help="Test images in the parity batch.")
-    parser.add_argument("--split", type=str, default="test", help="Split used for parity and quantization.")
-    parser.add_argument(
-        "--opset", type=int | None, default=None, help="ONNX opset (default: the exporter's)."
-    )
-    parser.add_argument("--batch_size", type=int, default=64, help="Batch size of the accuracy passes.")
-    parser.add_argument(
-        "--bench_batch_size", type=int, default=32, help="Batch size of the throughput timing."
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="Timed runs per measurement (median reported)."
-    )
-    return parser
+def export(
+    *,
+    run: str,
+    format: Literal["onnx", "torchscript", "hf"] = "onnx",
+    out: str | None = None,
+    ckpt_path: str = "best",
+    quantize: Literal["none", "int8"] = "none",
+    atol: float = 1e-4,
+    parity_images: int = 8,
+    split: str = "test",
+    opset: int | None = None,
+    batch_size: int = 64,
+    bench_batch_size: int = 32,
+    repeats: int = 5,
+) -> int:
+    """Export a run to ONNX / TorchScript / an HF-style directory and check it against eager PyTorch on real test
+    images at two batch sizes; optionally add a dynamically quantized int8 twin, measured for accuracy and speed.
+    Writes the artifact (default <run>/export/<format>/), the parity (and quantization) figures under 'export' of
+    the run's metrics.json and config.export.yaml. Exits 1 when the parity check fails.
 
+    Args:
+        run: run directory written by transferkit fit.
+        format: artifact format.
+        out: artifact directory (default <run>/export/<format>).
+        ckpt_path: best, last or a checkpoint path.
+        quantize: int8: dynamic quantization (onnxruntime for onnx, torch.ao for torchscript), with accuracy and
+            speed measured on the split.
+        atol: largest allowed |exported - eager| (fp32).
+        parity_images: images of the split in the parity batch.
+        split: split used for parity and quantization.
+        opset: ONNX opset (default: the exporter's).
+        batch_size: batch size of the accuracy passes.
+        bench_batch_size: batch size of the throughput timing.
+        repeats: timed runs per measurement (median reported).
+    """
+    from rich.markup import escape
 
-def main(argv: list[str]) -> int:
-    """Run ``transferkit export``; returns 0, or 1 when the parity check fails."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error jsonargparse already printed
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-
-    from transferkit.deploy.export import export_run, load_run
+    from transferkit.deploy.export import export_run
     from transferkit.deploy.quantize import quantize_export
     from transferkit.errors import UserError
+    from transferkit.runs import RunDir, load_run
+    from transferkit.utils.console import make_console
 
-    if args.quantize == "int8" and args.format == "hf":
+    if quantize == "int8" and format == "hf":
         raise UserError(
             "--quantize int8 needs --format onnx (onnxruntime) or --format torchscript (torch.ao)"
         )
-    for name in ("batch_size", "bench_batch_size", "repeats"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for key, value in (
+        ("batch_size", batch_size),
+        ("bench_batch_size", bench_batch_size),
+        ("repeats", repeats),
+    ):
+        if value < 1:
+            raise UserError(f"--{key} must be >= 1, got {value}")
+    run_dir = RunDir.open(run)
     console = make_console()
-    with console.status(f"loading {args.run} ({args.checkpoint} checkpoint)"):
-        loaded = load_run(args.run, args.checkpoint)
-    with console.status(f"exporting to {args.format} and checking parity"):
+    with console.status(f"loading {run} ({ckpt_path} checkpoint)"):
+        loaded = load_run(run, ckpt_path=ckpt_path)
+    run_dir.write_config(command="export")
+    with console.status(f"exporting to {format} and checking parity"):
         result = export_run(
-            args.run,
-            args.out,
-            args.format,
-            checkpoint=args.checkpoint,
-            parity_images=args.parity_images,
-            atol=args.atol,
-            split=args.split,
-            opset=args.opset,
-            loaded=loaded,
-        )
+            run, out, format, ckpt_path=ckpt_path, parity_images=parity_images, atol=atol, split=split,
+            opset=opset, loaded=loaded,
+        )  # fmt: skip
     meta = result.metadata
     console.print(
         f"[bold]{escape(str(result.directory))}[/bold]: {meta.format} ({escape(meta.exporter)}), task "
@@ -99,23 +83,22 @@ def main(argv: list[str]) -> int:
         soft_wrap=True,
     )
     print_parity(console, meta.parity)
-    if args.quantize == "int8":
-        with console.status(f"quantizing to int8 and measuring on the {args.split} split"):
+    numbers = {"directory": str(result.directory), "parity": meta.parity}
+    if quantize == "int8":
+        with console.status(f"quantizing to int8 and measuring on the {split} split"):
             report = quantize_export(
-                result,
-                split=args.split,
-                batch_size=args.batch_size,
-                bench_batch_size=args.bench_batch_size,
-                repeats=args.repeats,
+                result, split=split, batch_size=batch_size, bench_batch_size=bench_batch_size, repeats=repeats
             )
         print_quantization(console, report)
+        numbers["quantization"] = report
+    run_dir.update_metrics({"export": {format: numbers}})
     console.print(
         f"metadata: {escape(str(result.directory / 'metadata.json'))}", highlight=False, soft_wrap=True
     )
     if not result.passed:
         console.print(
             f"[red]parity FAILED[/red]: max |exported - eager| = {meta.parity['max_abs_diff']:.3g} > atol "
-            f"{args.atol:g}; the artifact was written but does not reproduce the model",
+            f"{atol:g}; the artifact was written but does not reproduce the model",
             soft_wrap=True,
         )
         return 1
@@ -123,6 +106,9 @@ def main(argv: list[str]) -> int:
 
 
 def print_parity(console: Console, parity: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"parity: exported vs eager ({escape(parity.get('inputs', ''))})")
     for col in ("batch size", "max |diff|", "top-1 agreement", f"< atol {parity['atol']:g}"):
         table.add_column(col, justify="right")
@@ -138,6 +124,9 @@ def print_parity(console: Console, parity: dict) -> None:
 
 
 def print_quantization(console: Console, q: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(
         title=f"int8 dynamic quantization ({escape(q['method'])}) on {q['images']} {q['split']} images"
     )

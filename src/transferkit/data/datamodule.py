@@ -146,6 +146,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             download=download,
         )
         self._datasets: dict[tuple[str, bool], ClassificationDataset] = {}
+        self._fingerprints: dict[str, str] = {}
 
     # ------------------------------------------------------------------ classes
     @property
@@ -213,6 +214,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """
         if split not in SPLITS:
             raise UserError(f"unknown split '{split}'; choose one of {list(SPLITS)}")
+        if split in self._fingerprints:  # computed once per datamodule (it stats every image file)
+            return self._fingerprints[split]
         ds = self.data_source.splits()[split]
         payload = {
             "version": FINGERPRINT_VERSION,
@@ -224,7 +227,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
             "content": ds.content_digest(),
         }
         blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.blake2b(blob, digest_size=16).hexdigest()
+        self._fingerprints[split] = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        return self._fingerprints[split]
 
     def describe(self) -> dict[str, Any]:
         """Source, image size, classes and per-split counts (total and per class), for reports."""

@@ -9,7 +9,7 @@
 """
 
 from transferkit.deploy.artifact import Artifact, ArtifactMetadata, load_artifact, read_metadata
-from transferkit.deploy.export import ExportResult, export_run, load_run
+from transferkit.deploy.export import ExportResult, export_run
 
 __all__ = [
     "Artifact",
@@ -17,6 +17,5 @@ __all__ = [
     "ExportResult",
     "export_run",
     "load_artifact",
-    "load_run",
     "read_metadata",
 ]

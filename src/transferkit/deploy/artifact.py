@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from transferkit.errors import UserError
 
@@ -56,6 +57,25 @@ MODEL_FILES: dict[tuple[str, str], str] = {
 }
 HF_CONFIG_FILE = "config.json"
 HF_PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+class ExportGraph(nn.Module):
+    """``images (B, 3, S, S)`` in [0, 1] -> tuple of the task's outputs, in ``output_names`` order.
+
+    Wraps a task module (``ImageClassifier``, ``DetectionTask``, ...) whose ``forward(images)`` returns a
+    tensor or a dict; auxiliary outputs (e.g. DETR's ``aux_outputs``) are dropped.
+    """
+
+    def __init__(self, module: nn.Module, output_names: list[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.output_names = list(output_names)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(images)
+        if isinstance(out, torch.Tensor):
+            return (out,)
+        return tuple(out[k] for k in self.output_names)
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -475,8 +495,6 @@ def build_task_module(config: dict[str, Any], directory: Path | None = None) -> 
 def load_hf_graph(directory: str | os.PathLike) -> torch.nn.Module:
     """The eval graph (images -> outputs tuple) of an HF-format artifact: config + safetensors, strict load."""
     from safetensors.torch import load_model
-
-    from transferkit.deploy.export import ExportGraph  # the same wrapper the other formats were traced from
 
     directory = Path(directory)
     config_file = directory / HF_CONFIG_FILE

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from transferkit.deploy.artifact import (
@@ -42,15 +41,15 @@ from transferkit.deploy.artifact import (
     METADATA_FILE,
     MODEL_FILES,
     ArtifactMetadata,
+    ExportGraph,
     Preprocessing,
     TaskSpec,
-    import_object,
     infer_task,
     load_artifact,
 )
 from transferkit.errors import UserError
+from transferkit.runs import LoadedRun, load_run
 from transferkit.utils.io import atomic_write_json
-from transferkit.utils.runs import checkpoint_path, run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +59,6 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
 # ---------------------------------------------------------------------------------------------- the graph
-class ExportGraph(nn.Module):
-    """``images (B, 3, S, S)`` in [0, 1] -> tuple of the task's outputs, in ``output_names`` order.
-
-    Wraps a task module (``ImageClassifier``, ``DetectionTask``, ...) whose ``forward(images)`` returns a
-    tensor or a dict; auxiliary outputs (e.g. DETR's ``aux_outputs``) are dropped.
-    """
-
-    def __init__(self, module: nn.Module, output_names: list[str]) -> None:
-        super().__init__()
-        self.module = module
-        self.output_names = list(output_names)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.module(images)
-        if isinstance(out, torch.Tensor):
-            return (out,)
-        return tuple(out[k] for k in self.output_names)
-
-
 @contextlib.contextmanager
 def _lightning_traceable() -> Iterator[None]:
     """Let ``torch.jit.trace`` walk LightningModules without a Trainer (what ``to_torchscript`` does)."""
@@ -115,94 +95,19 @@ def _quiet_exporters() -> Iterator[io.StringIO]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-@dataclass
-class LoadedRun:
-    """A run's task module (eval mode, CPU) with what export needs to know about it."""
-
-    run_dir: Path
-    checkpoint: Path
-    module: Any
-    config: dict[str, Any]
-    task_class: str
-    _datamodule: Any = field(default=None, repr=False)
-
-    def datamodule(self) -> Any:
-        """The run's datamodule, built from ``config.yaml`` (class_path + init_args)."""
-        if self._datamodule is None:
-            data = self.config.get("data") or {}
-            if "class_path" not in data:
-                raise UserError(
-                    f"{self.run_dir / 'config.yaml'} has no data.class_path; cannot rebuild the data"
-                )
-            cls = import_object(data["class_path"])
-            try:
-                self._datamodule = cls(**(data.get("init_args") or {}))
-            except UserError as e:
-                raise UserError(f"cannot rebuild the run's data ({e})") from None
-        return self._datamodule
-
-
-def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
-    path = checkpoint_path(run_dir, checkpoint)
-    if not path.is_file():
-        have = run_checkpoints(run_dir)
-        raise UserError(
-            f"no checkpoint '{path}'"
-            + (f" (the run has {have})" if have else "")
-            + "; train first with `transferkit fit --config ...`, or pass --checkpoint best|last|PATH"
-        )
-    return path
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
-    """Load a run directory written by ``transferkit fit`` (``config.yaml`` + ``checkpoints/*.ckpt``).
-
-    The task class comes from ``model.class_path``; the backbone is rebuilt without downloading pretrained
-    weights (``pretrained=False``): every tensor comes from the checkpoint.
-    """
-    run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise UserError(
-            f"no run directory '{run_dir}'; runs are written by `transferkit fit` under runs/<name>"
-        )
-    config_file = run / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"'{run_dir}' has no config.yaml, so it is not a transferkit run directory")
-    config = yaml.safe_load(config_file.read_text()) or {}
-    task_class = (config.get("model") or {}).get("class_path")
-    if not task_class:
-        raise UserError(f"{config_file} has no model.class_path; cannot tell which task module to load")
-    ckpt = resolve_checkpoint(run, checkpoint)
-    cls = import_object(task_class)
-    try:
-        raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError on broken files
-        raise UserError(
-            f"cannot read checkpoint {ckpt} ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from None
-    hp = raw.get("hyper_parameters") or {}
-    del raw
-    overrides: dict[str, Any] = {}
-    if isinstance(hp.get("backbone"), dict) and hp["backbone"].get("pretrained"):
-        overrides["backbone"] = {**hp["backbone"], "pretrained": False}
-    module = cls.load_from_checkpoint(ckpt, map_location="cpu", **overrides)
-    module.eval()
-    return LoadedRun(run, ckpt, module, config, task_class)
-
-
 def sample_images(loaded: LoadedRun, n: int, split: str = "test") -> tuple[torch.Tensor, str]:
     """The first ``n`` eval-transformed images of ``split`` ``(n, 3, S, S)``, and where they came from.
 
     Falls back to uniform random images (logged) when the run's data cannot be rebuilt.
     """
     try:
-        ds = loaded.datamodule().dataset(split)
+        ds = loaded.datamodule.dataset(split)
         images = [ds[i][0] for i in range(min(n, len(ds))) if ds[i] is not None]
         if images:
             return torch.stack(images), f"{split} split"
     except UserError as e:
         log.warning("the run's %s split is not available (%s); checking parity on random images", split, e)
-    size = int(loaded.module.hparams.get("image_size") or 224)
+    size = int(loaded.model.hparams.get("image_size") or 224)
     gen = torch.Generator().manual_seed(0)
     return torch.rand(n, 3, size, size, generator=gen), "uniform random images"
 
@@ -293,7 +198,7 @@ def export_hf(loaded: LoadedRun, graph: ExportGraph, directory: Path, pre: Prepr
     """Write the HF-style directory (see the module docstring) for ``loaded``'s task module."""
     from safetensors.torch import save_model
 
-    module = loaded.module
+    module = loaded.model
     directory.mkdir(parents=True, exist_ok=True)
     init_args = _jsonable(dict(module.hparams))
     backbone = getattr(module, "backbone", None)
@@ -386,7 +291,7 @@ def parity_check(
 # ---------------------------------------------------------------------------------------------- metadata
 def preprocessing_for(loaded: LoadedRun, spec: TaskSpec) -> Preprocessing:
     """The run's evaluation preprocessing (image size, crop, interpolation) and the backbone's mean/std."""
-    module = loaded.module
+    module = loaded.model
     data_args = (loaded.config.get("data") or {}).get("init_args") or {}
     size = int(module.hparams.get("image_size") or data_args.get("image_size") or 224)
     backbone = getattr(module, "backbone", None)
@@ -449,7 +354,7 @@ def export_run(
     out_dir: str | Path | None = None,
     format: str = "onnx",
     *,
-    checkpoint: str = "best",
+    ckpt_path: str = "best",
     parity_images: int = 8,
     atol: float = DEFAULT_ATOL,
     split: str = "test",
@@ -467,10 +372,10 @@ def export_run(
         raise UserError(f"parity_images must be >= 2 (a batch, then batch size 1), got {parity_images}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    loaded = loaded or load_run(run_dir, checkpoint)
+    loaded = loaded or load_run(run_dir, ckpt_path=ckpt_path)
     timings["load_s"] = time.perf_counter() - t0
-    module = loaded.module
-    directory = Path(out_dir).expanduser() if out_dir else loaded.run_dir / "export" / format
+    module = loaded.model
+    directory = Path(out_dir).expanduser() if out_dir else loaded.path / "export" / format
     directory.mkdir(parents=True, exist_ok=True)
 
     images, images_from = sample_images(loaded, parity_images + 1, split)
@@ -525,7 +430,7 @@ def export_run(
         backbone=_jsonable(asdict(backbone.info())) if backbone is not None else {},
         task_info=info,
         source={
-            "run": str(loaded.run_dir.resolve()),
+            "run": str(loaded.path.resolve()),
             "checkpoint": str(loaded.checkpoint.resolve()),
             "task_class": loaded.task_class,
         },
@@ -547,7 +452,7 @@ def export_run(
     atomic_write_json(directory / METADATA_FILE, meta.to_dict())
     log.info(
         "exported %s to %s (%s); parity max |diff| %.3g (atol %.0e): %s",
-        loaded.run_dir,
+        loaded.path,
         directory,
         exporter,
         parity["max_abs_diff"],

@@ -246,7 +246,7 @@ def quantize_export(
     atomic_write_json(directory / METADATA_FILE, meta.to_dict())
     fp32, int8 = load_artifact(directory, "fp32"), load_artifact(directory, "int8")
     try:
-        dataset = result.loaded.datamodule().dataset(split)
+        dataset = result.loaded.datamodule.dataset(split)
     except UserError as e:
         raise UserError(
             f"--quantize measures accuracy on the run's {split} split, which is not available: {e}"

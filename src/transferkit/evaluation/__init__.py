@@ -4,17 +4,16 @@ corruptions, and the run report. Entry point: :func:`evaluate_run` (``transferki
 from transferkit.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from transferkit.evaluation.evaluate import evaluate_run
 from transferkit.evaluation.metrics import classification_metrics, confusion_matrix, per_class_metrics
-from transferkit.evaluation.run import Run, open_run, predict_split
+from transferkit.evaluation.run import load_classifier, predict_split
 
 __all__ = [
     "CORRUPTIONS",
     "SEVERITIES",
-    "Run",
     "classification_metrics",
     "confusion_matrix",
     "corrupt",
     "evaluate_run",
-    "open_run",
     "per_class_metrics",
     "predict_split",
+    "load_classifier",
 ]

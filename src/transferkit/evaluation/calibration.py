@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from transferkit.evaluation.plots import new_figure, save_figure
+from transferkit.report.plots import new_figure, save_figure
 
 
 def reliability_bins(p: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, Any]:

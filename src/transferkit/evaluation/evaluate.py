@@ -37,9 +37,9 @@ from transferkit.evaluation.metrics import (
     per_class_metrics,
     to_probs,
 )
-from transferkit.evaluation.plots import class_colors, new_figure, save_figure
-from transferkit.evaluation.report import markdown_table, update_run_report
-from transferkit.evaluation.run import Run, iterate_split, open_run, predict_split, progress
+from transferkit.evaluation.run import iterate_split, load_classifier, predict_split, progress
+from transferkit.report import Report, class_colors, markdown_table, new_figure, save_figure
+from transferkit.runs import LoadedRun
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def plot_corruption_examples(
 
 @torch.inference_mode()
 def robustness(
-    run: Run,
+    run: LoadedRun,
     split: str,
     corruptions: list[str],
     severities: list[int],
@@ -233,7 +233,7 @@ def robustness(
 def evaluate_run(
     run_dir: str | Path,
     *,
-    ckpt: str = "best",
+    ckpt_path: str = "best",
     split: str = "test",
     corruptions: str | list[str] | None = "all",
     severities: list[int] | None = None,
@@ -244,11 +244,12 @@ def evaluate_run(
     use_cache: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate ``run_dir`` on ``split``; writes ``<run>/evaluation/`` and the report section. Returns the
-    JSON written to ``metrics_<split>.json``."""
+    """Evaluate ``run_dir`` on ``split``: writes ``<run>/evaluation/`` (``metrics_<split>.json``, plots), the
+    summary under ``evaluation.<split>`` of the run's ``metrics.json`` and the report section. Returns the JSON
+    written to ``metrics_<split>.json``."""
     names = resolve_corruptions(corruptions)
     sev = resolve_severities(severities)
-    run = open_run(run_dir, ckpt=ckpt, device=device)
+    run = load_classifier(run_dir, ckpt_path=ckpt_path, device=device)
     out_dir = run.path / "evaluation"
     logits, labels = predict_split(run, split, batch_size=batch_size, use_cache=use_cache)
     class_names = run.class_names
@@ -301,7 +302,16 @@ def evaluate_run(
         )
     result["files"] = {k: str(v.relative_to(run.path)) for k, v in files.items()}
     atomic_write_json(out_dir / f"metrics_{split}.json", result)
-    update_run_report(run.path, f"evaluation-{split}", report_section(result))
+    summary_metrics = {**summary, "checkpoint": run.checkpoint.name}
+    if "robustness" in result:
+        rob = result["robustness"]
+        summary_metrics["robustness"] = {
+            k: rob[k] for k in ("clean", "mean_corrupted", "relative_robustness", "mean_per_severity")
+        }
+    run.run.update_metrics({"evaluation": {split: summary_metrics}})
+    report = Report(f"Run `{run.name}`")
+    report.section(f"evaluation-{split}").add_text(report_section(result))
+    report.write(run.path)
     log.info(
         "wrote %s and the report section of %s", out_dir / f"metrics_{split}.json", run.path / "report.md"
     )

@@ -1,125 +1,52 @@
-"""Open a classification run directory: its config, datamodule, checkpoint and cached predictions.
+"""Predictions of a loaded run (:func:`transferkit.runs.load_run`) over a split, computed once.
 
-``runs/<name>/`` is what ``transferkit fit`` writes (``config.yaml``, ``checkpoints/{best,last}.ckpt``). The
-datamodule is rebuilt from ``config.yaml`` (``data.class_path`` + ``init_args``), the model with the task's
-``load_from_checkpoint``. Logits of a split are computed once and cached in
-``<run>/evaluation/predictions_<split>.npz``, keyed by the checkpoint file (path, size, mtime) and the
-split's data fingerprint, so evaluation and analysis never re-run the model over the same images.
+Logits of a split are cached in ``<run>/evaluation/predictions_<split>.npz``, keyed by the checkpoint file
+(path, size, mtime) and the split's data fingerprint, so evaluation and analysis never re-run the model over
+the same images.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from transferkit.errors import UserError
-from transferkit.utils.runs import checkpoint_path, run_checkpoints
+from transferkit.runs import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+def load_classifier(run_dir: str | Path, ckpt_path: str = "best", device: str = "auto") -> LoadedRun:
+    """:func:`transferkit.runs.load_run` of a run that trains an image classifier; any other task is a one-line
+    error saying what to do instead (before its checkpoint is read)."""
+    import importlib
 
+    from transferkit.tasks.classification import ImageClassifier
+    from transferkit.tasks.ssl_dino import DinoContinuation
 
-def _import(class_path: str) -> type:
+    run = RunDir.open(run_dir)
+    model = run.read_config().get("model") or {}
+    class_path = str(model.get("class_path", "")) if isinstance(model, dict) else ""
     module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise UserError(f"cannot import '{class_path}' named in the run's config.yaml") from None
-
-
-@dataclass
-class Run:
-    """A classification run opened for evaluation/analysis."""
-
-    path: Path
-    config: dict[str, Any]
-    checkpoint: Path
-    model: Any
-    datamodule: Any
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def class_names(self) -> list[str]:
-        names = self.model.hparams.get("class_names") or self.datamodule.class_names
-        return [str(n) for n in names]
-
-    def checkpoint_key(self) -> str:
-        st = self.checkpoint.stat()
-        return f"{self.checkpoint.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-    def cache_key(self, split: str, extra: str = "") -> str:
-        blob = f"{self.checkpoint_key()}|{self.datamodule.fingerprint(split)}|{extra}".encode()
-        return hashlib.blake2b(blob, digest_size=16).hexdigest()
-
-
-def resolve_checkpoint(run_dir: Path, ckpt: str) -> Path:
-    path = checkpoint_path(run_dir, ckpt)
-    if not path.is_file():
-        have = run_checkpoints(run_dir)
-        raise UserError(
-            f"no checkpoint '{path}'; the run has {have or 'none'} (train it with transferkit fit, or pass "
-            "--ckpt last / a .ckpt path)"
-        )
-    return path
-
-
-def open_run(run_dir: str | Path, ckpt: str = "best", device: str = "auto") -> Run:
-    """Load ``run_dir``'s datamodule (from config.yaml) and its classification model (from ``ckpt``:
-    ``best``, ``last`` or a path), in eval mode on ``device``."""
-    run_dir = Path(run_dir).expanduser()
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise UserError(
-            f"'{run_dir}' is not a run directory (no config.yaml); pass --run runs/<name> from transferkit fit"
-        )
-    config = yaml.safe_load(cfg_file.read_text()) or {}
-    model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
-    if "class_path" not in model_cfg or "class_path" not in data_cfg:
-        raise UserError(f"{cfg_file} has no model/data class_path; it was not written by transferkit fit")
-    from transferkit.tasks.classification import ImageClassifier
-
-    model_cls = _import(model_cfg["class_path"])
-    if not (isinstance(model_cls, type) and issubclass(model_cls, ImageClassifier)):
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"cannot import the task '{class_path}' named in {run.config_file()}") from None
+    if not (isinstance(cls, type) and issubclass(cls, ImageClassifier)):
         hint = ""
-        if model_cfg["class_path"].endswith("DinoContinuation"):
+        if isinstance(cls, type) and issubclass(cls, DinoContinuation):
             hint = (
-                f"; a self-supervised run saves its backbone to {run_dir / 'backbone'}: fit a linear probe on it "
-                f"(--model.backbone.name {run_dir / 'backbone'}) and evaluate that run"
+                f"; a self-supervised run saves its backbone to {run.path / 'backbone'}: fit a linear probe on it "
+                f"(--model.backbone.name {run.path / 'backbone'}) and evaluate that run"
             )
-        raise UserError(
-            f"run '{run_dir.name}' trains {model_cfg['class_path']}, not an image classifier{hint}"
-        )
-    checkpoint = resolve_checkpoint(run_dir, ckpt)
-    dm_cls = _import(data_cfg["class_path"])
-    datamodule = dm_cls(**(data_cfg.get("init_args") or {}))
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    model = model_cls.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
-    model.eval().to(resolve_device(device))
-    return Run(path=run_dir, config=config, checkpoint=checkpoint, model=model, datamodule=datamodule)
+        raise UserError(f"run '{run.name}' trains {class_path}, not an image classifier{hint}")
+    return load_run(run.path, ckpt_path=ckpt_path, device=device)
 
 
-def iterate_split(run: Run, split: str, batch_size: int | None = None, max_images: int | None = None):
+def iterate_split(run: LoadedRun, split: str, batch_size: int | None = None, max_images: int | None = None):
     """Yield ``(images (B, 3, S, S) in [0, 1], labels (B,))`` of ``split`` with the eval transform, in order
     (the first ``max_images`` of a fixed stratified-by-order subset when given)."""
     ds = run.datamodule.dataset(split)
@@ -157,7 +84,7 @@ def progress(description: str, total: int | None = None):
 
 @torch.inference_mode()
 def predict_split(
-    run: Run, split: str = "test", *, batch_size: int | None = None, use_cache: bool = True
+    run: LoadedRun, split: str = "test", *, batch_size: int | None = None, use_cache: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) float32 and labels (N,) int64 of ``split``, from the cache when it matches."""
     cache_dir = run.path / "evaluation"
@@ -187,10 +114,3 @@ def predict_split(
     np.savez(buf, logits=out_logits.numpy(), labels=out_labels.numpy(), key=np.array(key))
     atomic_write_bytes(cache, buf.getvalue())
     return out_logits, out_labels
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

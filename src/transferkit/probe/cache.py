@@ -47,18 +47,18 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
-from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
 from transferkit.errors import UserError
 from transferkit.utils.io import atomic_write_json
 
@@ -87,6 +87,53 @@ class FeatureDataModule(Protocol):
     def dataset(self, split: str) -> Any: ...
 
     def fingerprint(self, split: str) -> str: ...
+
+
+@dataclass
+class ExtractOptions:
+    """How features are extracted and cached, as :func:`get_features` takes them: one definition for every
+    command that extracts (extract, compare, rank, rank benchmark), whose CLI has these as top-level options.
+
+    Args:
+        cache_dir: cache root (default :func:`default_cache_dir`).
+        batch_size: extraction batch size (default: the datamodule's ``eval_batch_size``).
+        num_workers: DataLoader workers (default: the datamodule's).
+        device: where the backbone runs (default: CUDA when available).
+        dtype: compute dtype (``float32``, ``bfloat16``, ``float16`` autocast); part of the cache key.
+        refresh_cache: re-extract even when cached (and overwrite the entry).
+        progress: show progress bars.
+    """
+
+    #: the CLI adds these fields as top-level options (``--batch_size``, not ``--extract.batch_size``)
+    cli_flatten: ClassVar[bool] = True
+
+    cache_dir: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    refresh_cache: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype '{self.dtype}'; choose one of {list(DTYPES)}")
+        for key in ("batch_size", "num_workers"):
+            value = getattr(self, key)
+            if value is not None and value < (1 if key == "batch_size" else 0):
+                raise UserError(f"{key} must be >= {1 if key == 'batch_size' else 0}, got {value}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`get_features`."""
+        return {
+            "cache_dir": self.cache_dir,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "device": self.device,
+            "dtype": self.dtype,
+            "refresh": self.refresh_cache,
+            "progress": self.progress,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -242,38 +289,6 @@ def modality(backbone: Backbone) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- building
-@contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Run a block with torch's CPU (and CUDA) RNG seeded, restoring the global RNG state afterwards."""
-    if seed is None:
-        yield
-        return
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def resolve_backbone(
-    backbone: str | BackboneConfig | Backbone, image_size: int, *, seed: int | None = 0, **options: Any
-) -> Backbone:
-    """A built :class:`Backbone` from a name (``'minilm-l6'``, ``'vit-tiny:random'``, hub id...), a
-    :class:`BackboneConfig` or an instance (returned as is). Random-init parts are seeded with ``seed``.
-
-    ``options`` (e.g. ``patch_size=16``) are :class:`BackboneConfig` fields, used with a name only.
-    """
-    if isinstance(backbone, Backbone):
-        return backbone
-    if isinstance(backbone, str):
-        backbone = BackboneConfig(name=backbone, **options)
-    elif not isinstance(backbone, BackboneConfig):
-        raise UserError(
-            f"backbone must be a name, a BackboneConfig or a Backbone, got {type(backbone).__name__}"
-        )
-    with seeded(seed):
-        return build_backbone_from_config(backbone, image_size=image_size)
-
-
 def _summaries_for(backbone: Backbone, poolings: Sequence[str]) -> list[str]:
     need: set[str] = set()
     for p in poolings:

@@ -366,3 +366,152 @@ def feature_variants(
             name = f"{pooling}/{'final' if k is None else f'last{k}'}"
             out.append(Variant(name, feats, {"pooling": pooling, "layers": k}))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- logistic regression
+#: DINOv2's ``eval/log_regression.py`` sweep: C = 10 ** linspace(-6, 5, 45)
+DEFAULT_C_POWERS: tuple[float, ...] = tuple(float(p) for p in np.linspace(-6.0, 5.0, 45))
+
+
+@dataclass
+class LogRegConfig:
+    """The L-BFGS logistic-regression protocol (DINOv2's ``log_regression``), on cached features.
+
+    Args:
+        c_powers: the sweep of inverse regularisation strengths, as powers of ten (C = 10 ** p).
+        max_iter: L-BFGS iterations per fit.
+        tol: stop when the gradient's max-norm falls below this.
+        normalize: standardise the features with the training mean/std first.
+        refit: DINOv2 refits the chosen C on train + val before testing; False (the default) keeps the training
+            data of every protocol the same (train only), so probes, kNN and fine-tunes compare on equal terms.
+    """
+
+    c_powers: tuple[float, ...] = DEFAULT_C_POWERS
+    max_iter: int = 1000
+    tol: float = 1e-6
+    normalize: bool = True
+    refit: bool = False
+
+    def check(self) -> None:
+        if not self.c_powers:
+            raise UserError("the logistic-regression sweep needs at least one C (c_powers)")
+        if self.max_iter < 1 or not self.tol > 0:
+            raise UserError(f"max_iter must be >= 1 and tol > 0, got {self.max_iter}, {self.tol}")
+
+
+@dataclass
+class LogRegResult:
+    """Outcome of :func:`train_logistic_regression`: the sweep (``sweep``: one row per C with ``c``,
+    ``val_acc1``, ``val_loss``, ``iterations``), the chosen ``c``, the chosen model's ``val``/``test`` metrics
+    (as :class:`LinearGridResult`), ``test_pred`` and the seconds of the whole sweep."""
+
+    sweep: list[dict[str, Any]]
+    c: float
+    val: dict[str, Any]
+    test: dict[str, Any] | None
+    config: dict[str, Any]
+    seconds: float
+    test_pred: np.ndarray | None = None
+
+
+def _fit_logreg(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, w0: torch.Tensor, cfg: LogRegConfig
+) -> tuple[torch.Tensor, int]:
+    """Multinomial logistic regression: minimise ``C * sum_i CE_i + ||W||^2 / 2`` (scikit-learn's objective,
+    scaled by ``1 / (C N)``; the bias is not penalised) with torch's L-BFGS, from ``w0`` ``(D + 1, K)``."""
+    n = len(y)
+    w = w0.clone().requires_grad_(True)
+    xb = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
+    opt = torch.optim.LBFGS(
+        [w], lr=1.0, max_iter=cfg.max_iter, tolerance_grad=cfg.tol, tolerance_change=1e-12,
+        history_size=20, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xb @ w, y) + (w[:-1] ** 2).sum() / (2.0 * c * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    iterations = int(opt.state[w].get("n_iter", 0)) if w in opt.state else 0
+    return w.detach(), iterations
+
+
+def train_logistic_regression(
+    features: Mapping[str, torch.Tensor],
+    labels: Mapping[str, torch.Tensor],
+    num_classes: int,
+    config: LogRegConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> LogRegResult:
+    """Sweep C on ``train`` (warm-started from strong to weak regularisation), choose the best val top-1 (ties:
+    lower val loss, then smaller C), report ``test``.
+
+    Args:
+        features: ``{'train': (N, D), 'val': (N, D)[, 'test': (N, D)]}`` float tensors.
+        labels: the matching ``(N,)`` int64 class indices.
+        num_classes: number of classes K.
+        config: the sweep.
+        device: where to fit (float64 on CPU, float32 on GPUs).
+    """
+    cfg = config or LogRegConfig()
+    cfg.check()
+    for split in ("train", "val"):
+        if split not in features or split not in labels:
+            raise UserError(f"logistic regression needs '{split}' features and labels")
+    device = torch.device(device)
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    train = features["train"].to(device=device, dtype=dtype)
+    if cfg.normalize:
+        mean = train.mean(0, keepdim=True)
+        std = train.std(0, unbiased=False, keepdim=True).clamp_min(1e-6)
+    else:
+        mean, std = torch.zeros_like(train[:1]), torch.ones_like(train[:1])
+    x = {s: (f.to(device=device, dtype=dtype) - mean) / std for s, f in features.items()}
+    y = {s: t.to(device=device, dtype=torch.long) for s, t in labels.items()}
+    start = time.perf_counter()
+    w = torch.zeros(x["train"].shape[1] + 1, num_classes, dtype=dtype, device=device)
+    sweep, weights = [], []
+    for p in sorted(cfg.c_powers):
+        c = float(10.0**p)
+        w, iterations = _fit_logreg(x["train"], y["train"], num_classes, c, w, cfg)
+        with torch.no_grad():
+            logits = _affine(x["val"], w)
+            sweep.append(
+                {
+                    "c": c,
+                    "val_acc1": float((logits.argmax(-1) == y["val"]).float().mean()),
+                    "val_loss": float(F.cross_entropy(logits, y["val"])),
+                    "iterations": iterations,
+                }
+            )
+        weights.append(w)
+    best_i = min(range(len(sweep)), key=lambda i: (-sweep[i]["val_acc1"], sweep[i]["val_loss"], i))
+    best_w, c = weights[best_i], sweep[best_i]["c"]
+    val = _metrics(_affine(x["val"], best_w).float(), y["val"], num_classes)
+    if cfg.refit:
+        xy = torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]])
+        best_w, _ = _fit_logreg(xy[0], xy[1], num_classes, c, best_w, cfg)
+    test = test_pred = None
+    if "test" in x and "test" in y:
+        logits = _affine(x["test"], best_w).float()
+        test = _metrics(logits, y["test"], num_classes)
+        test_pred = logits.argmax(-1).cpu().numpy()
+    seconds = time.perf_counter() - start
+    log.info(
+        "logistic regression: %d values of C in %.1fs; best C %.3g val %.4f test %s",
+        len(sweep),
+        seconds,
+        c,
+        sweep[best_i]["val_acc1"],
+        f"{test['acc1']:.4f}" if test else "-",
+    )
+    return LogRegResult(
+        sweep, c, val, test, {**asdict(cfg), "c_powers": list(cfg.c_powers)}, seconds, test_pred
+    )
+
+
+def _affine(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x @ w[:-1] + w[-1]

@@ -1,20 +1,49 @@
-"""Report plots (matplotlib, Agg backend, PNG files). Each function writes one figure and returns its path."""
+"""Figures of every report: matplotlib's object-oriented API on the Agg canvas (no pyplot state, no display),
+PNGs written atomically. :func:`new_figure` / :func:`save_figure` are the one figure helper; :func:`scatter`
+and :func:`heatmap` draw the comparison plots.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from transferkit.utils.io import atomic_write_bytes
 
-def _pyplot():
-    import matplotlib
+DPI = 120
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    return plt
+def new_figure(width: float = 6.0, height: float = 4.5) -> Any:
+    """A ``matplotlib.figure.Figure`` attached to an Agg canvas (renders without a display or pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically; returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def class_colors(n: int) -> list:
+    """``n`` distinguishable colours (tab10 / tab20, then a continuous map)."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    cmap = colormaps["turbo"]
+    return [cmap(i / max(1, n - 1)) for i in range(n)]
 
 
 def scatter(
@@ -29,18 +58,15 @@ def scatter(
     groups: Sequence[str] | None = None,
     intervals: Sequence[tuple[float, float]] | None = None,
     logx: bool = False,
-    dpi: int = 120,
 ) -> Path:
     """Labelled points (one per backbone), coloured by ``groups`` (e.g. modality), e.g. accuracy vs params.
 
     ``intervals``: per-point ``(low, high)`` of y (e.g. a 95% confidence interval), drawn as error bars.
     """
-    plt = _pyplot()
     from matplotlib.ticker import FuncFormatter
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = new_figure(6.4, 4.4)
+    ax = fig.add_subplot()
     groups = list(groups) if groups is not None else ["" for _ in labels]
     for g in dict.fromkeys(groups):
         idx = [i for i, gi in enumerate(groups) if gi == g]
@@ -69,10 +95,7 @@ def scatter(
     ax.grid(True, alpha=0.3)
     if any(groups):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def heatmap(
@@ -88,16 +111,11 @@ def heatmap(
     vmax: float | None = 1.0,
     annotate: bool = True,
     fmt: str = "{:.0%}",
-    dpi: int = 120,
 ) -> Path:
     """A (rows x cols) heatmap, e.g. per-class accuracy (cols) of every backbone (rows)."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     m = np.asarray(matrix, dtype=float)
-    width = min(2.5 + 0.55 * m.shape[1], 20.0)
-    height = min(1.2 + 0.45 * m.shape[0], 14.0)
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig = new_figure(min(2.5 + 0.55 * m.shape[1], 20.0), min(1.2 + 0.45 * m.shape[0], 14.0))
+    ax = fig.add_subplot()
     im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_xticks(
         range(m.shape[1]), labels=list(col_labels), rotation=45 if m.shape[1] > 10 else 0, fontsize=8
@@ -117,7 +135,4 @@ def heatmap(
     cbar = fig.colorbar(im, ax=ax)
     if cbar_label:
         cbar.set_label(cbar_label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

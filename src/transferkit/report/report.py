@@ -1,23 +1,25 @@
-"""Run reports: one list of blocks (headings, Markdown text, tables, images) written as ``report.md`` and a
-self-contained ``report.html`` (images embedded, Markdown rendered with markdown-it-py).
+"""Run reports: keyed, replaceable sections written as ``report.md`` and a self-contained ``report.html``.
 
-Any command can build one; later features add sections to an existing run's report by building a new
-:class:`Report`, or by appending to the one a runner returns before ``write``::
+Every command that reports builds a :class:`Report` of sections; :meth:`Report.write` merges them into the
+run's ``report.md`` (a section replaces the one with the same key and leaves the others alone, so
+``transferkit evaluate`` and each ``transferkit analyze <what>`` refresh their own part of a run's report)
+and renders ``report.html`` from the whole Markdown (markdown-it, CommonMark + tables, images embedded)::
 
     report = Report("Backbone comparison on digits")
-    report.add_section("Results")
-    report.add_table(Table(["backbone", "top-1"], rows), key="results")
-    report.add_image("plots/acc_vs_params.png", "Accuracy vs parameters")
-    report.add_text("Pretraining helps: ...")
+    sec = report.section("results", "Results")
+    sec.add_table(Table(["backbone", "top-1"], rows))
+    sec.add_image("plots/acc_vs_params.png", "Accuracy vs parameters")
     report.write(run_dir)   # run_dir/report.md, run_dir/report.html
 
-Image paths are relative to the run directory (images outside it are copied to ``<run_dir>/plots/``).
+Sections sit between ``<!-- transferkit:<key> -->`` and ``<!-- /transferkit:<key> -->`` markers. Image paths
+are relative to the run directory (an image outside it is copied to ``<run_dir>/plots/``).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,149 +29,175 @@ from typing import Any
 from transferkit.report.tables import Table
 from transferkit.utils.io import atomic_write_text
 
-_CSS = """
+CSS = """
 body { font-family: -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, sans-serif; max-width: 1100px;
        margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.65em; text-align: left; }
 th { background: #f3f3f3; }
 tr:nth-child(even) td { background: #fafafa; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9em; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 code { background: #f3f3f3; padding: 0 0.25em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
 .meta { color: #666; font-size: 0.85em; }
 """
+
+_MARK = re.compile(
+    r"<!-- transferkit:(?P<key>[\w.-]+) -->\n(?P<body>.*?)\n<!-- /transferkit:(?P=key) -->", re.S
+)
+_IMG = re.compile(r'<img src="(?P<src>[^"]+)"')
+_MIME = {".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
 @dataclass
 class Block:
-    kind: str  # heading | text | table | image
+    kind: str  # text | table | image
     content: Any
-    level: int = 2
     caption: str = ""
     key: str | None = None
 
 
 @dataclass
-class Report:
-    """A report under construction. ``write(run_dir)`` produces ``report.md`` and ``report.html``."""
+class Section:
+    """One keyed section: an optional heading and blocks of Markdown text, tables and images."""
 
-    title: str
+    key: str
+    heading: str | None = None
+    level: int = 2
     blocks: list[Block] = field(default_factory=list)
-    meta: str | None = None
 
-    # ------------------------------------------------------------------ building
-    def add_section(self, heading: str, level: int = 2) -> Report:
-        self.blocks.append(Block("heading", heading, level=level))
-        return self
-
-    def add_text(self, markdown: str) -> Report:
+    def add_text(self, markdown: str) -> Section:
         """A paragraph (or several) of Markdown."""
         self.blocks.append(Block("text", markdown.strip()))
         return self
 
-    def add_table(
-        self,
-        table: Table | None = None,
-        *,
-        columns: list[str] | None = None,
-        rows: list[Any] | None = None,
-        title: str | None = None,
-        formats: dict[str, Any] | None = None,
-        note: str | None = None,
-        key: str | None = None,
-    ) -> Report:
-        """A :class:`~transferkit.report.tables.Table`, or one built from ``columns``/``rows``/``formats``."""
-        if table is None:
-            if columns is None or rows is None:
-                raise ValueError("add_table needs a Table or columns and rows")
-            table = Table(list(columns), list(rows), title=title, formats=formats or {}, note=note)
+    def add_table(self, table: Table, key: str | None = None) -> Section:
         self.blocks.append(Block("table", table, key=key))
         return self
 
-    def add_image(self, path: str | Path, caption: str = "") -> Report:
-        """A PNG/JPEG/SVG figure (path absolute or relative to the run directory)."""
+    def add_image(self, path: str | Path, caption: str = "") -> Section:
+        """A PNG/JPEG/SVG figure (absolute, or relative to the run directory)."""
         self.blocks.append(Block("image", Path(path), caption=caption))
         return self
 
-    def table(self, key: str) -> Table:
-        """The table added with ``key``."""
+    def to_markdown(self, run_dir: Path) -> str:
+        parts = [f"{'#' * max(2, self.level)} {self.heading}"] if self.heading else []
         for b in self.blocks:
-            if b.kind == "table" and b.key == key:
-                return b.content
-        raise KeyError(key)
-
-    # ------------------------------------------------------------------ rendering
-    def _image_path(self, path: Path, run_dir: Path) -> Path:
-        """``path`` relative to ``run_dir``, copying the file into ``run_dir/plots`` when it lies outside."""
-        full = path if path.is_absolute() else run_dir / path
-        try:
-            return full.resolve().relative_to(run_dir.resolve())
-        except ValueError:
-            target = run_dir / "plots" / full.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(full, target)
-            return target.relative_to(run_dir)
-
-    def to_markdown(self, run_dir: str | Path = ".") -> str:
-        run_dir = Path(run_dir)
-        parts = [f"# {self.title}"]
-        if self.meta:
-            parts.append(f"_{self.meta}_")
-        for b in self.blocks:
-            if b.kind == "heading":
-                parts.append(f"{'#' * max(2, b.level)} {b.content}")
-            elif b.kind == "text":
+            if b.kind == "text":
                 parts.append(b.content)
             elif b.kind == "table":
                 parts.append(b.content.to_markdown())
-            elif b.kind == "image":
-                rel = self._image_path(b.content, run_dir).as_posix()
+            else:
+                rel = _image_path(b.content, run_dir).as_posix()
                 parts.append(f"![{b.caption}]({rel})" + (f"\n\n_{b.caption}_" if b.caption else ""))
+        return "\n\n".join(parts)
+
+
+@dataclass
+class Report:
+    """A report under construction: a title, a line of metadata and keyed sections."""
+
+    title: str
+    meta: str | None = None
+    sections: list[Section] = field(default_factory=list)
+
+    def section(self, key: str, heading: str | None = None, level: int = 2) -> Section:
+        """The section ``key`` (created at the end, with ``heading``, when new)."""
+        for s in self.sections:
+            if s.key == key:
+                return s
+        if not re.fullmatch(r"[\w.-]+", key):
+            raise ValueError(f"section key {key!r}: use letters, digits, '_', '-', '.'")
+        s = Section(key, heading, level)
+        self.sections.append(s)
+        return s
+
+    def table(self, key: str) -> Table:
+        """The table added with ``key`` in any section."""
+        for s in self.sections:
+            for b in s.blocks:
+                if b.kind == "table" and b.key == key:
+                    return b.content
+        raise KeyError(key)
+
+    # ------------------------------------------------------------------ rendering
+    def header(self) -> str:
+        return f"# {self.title}" + (f"\n\n_{self.meta}_" if self.meta else "")
+
+    def to_markdown(self, run_dir: str | Path = ".") -> str:
+        """This report alone, with section markers."""
+        run_dir = Path(run_dir)
+        parts = [self.header()] + [_wrap(s.key, s.to_markdown(run_dir)) for s in self.sections]
         return "\n\n".join(parts) + "\n"
 
-    def to_html(self, run_dir: str | Path = ".", embed_images: bool = True) -> str:
-        """A standalone HTML page; images are embedded as base64 unless ``embed_images`` is False."""
-        from markdown_it import MarkdownIt
-
-        md = MarkdownIt("commonmark", {"html": False}).enable("table")
-        run_dir = Path(run_dir)
-        body = [f"<h1>{html.escape(self.title)}</h1>"]
-        if self.meta:
-            body.append(f'<p class="meta">{html.escape(self.meta)}</p>')
-        for b in self.blocks:
-            if b.kind == "heading":
-                level = min(max(2, b.level), 6)
-                body.append(f"<h{level}>{html.escape(b.content)}</h{level}>")
-            elif b.kind == "text":
-                body.append(md.render(b.content))
-            elif b.kind == "table":
-                body.append(md.render(b.content.to_markdown()))
-            elif b.kind == "image":
-                rel = self._image_path(b.content, run_dir)
-                if embed_images:
-                    data = base64.b64encode((run_dir / rel).read_bytes()).decode()
-                    mime = {"svg": "image/svg+xml", "jpg": "image/jpeg", "jpeg": "image/jpeg"}.get(
-                        rel.suffix.lower().lstrip("."), "image/png"
-                    )
-                    src = f"data:{mime};base64,{data}"
-                else:
-                    src = html.escape(rel.as_posix())
-                cap = html.escape(b.caption)
-                body.append(f'<figure><img src="{src}" alt="{cap}"><figcaption>{cap}</figcaption></figure>')
-        return (
-            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body)
-            + f'\n<p class="meta">written by transferkit, {time.strftime("%Y-%m-%d %H:%M:%S")}</p>'
-            + "\n</body></html>\n"
-        )
-
     def write(self, run_dir: str | Path, name: str = "report") -> tuple[Path, Path]:
-        """Write ``<run_dir>/<name>.md`` and ``<run_dir>/<name>.html`` atomically; returns both paths."""
+        """Merge the sections into ``<run_dir>/<name>.md`` (same key: replaced in place; new: appended; others
+        kept; a new file gets this report's title) and render ``<name>.html``. Returns both paths."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        md_path = atomic_write_text(run_dir / f"{name}.md", self.to_markdown(run_dir))
-        html_path = atomic_write_text(run_dir / f"{name}.html", self.to_html(run_dir))
+        md_path = run_dir / f"{name}.md"
+        new = {s.key: _wrap(s.key, s.to_markdown(run_dir)) for s in self.sections}
+        if md_path.is_file():
+            text = md_path.read_text()
+            seen = set()
+
+            def replace(m: re.Match) -> str:
+                seen.add(m.group("key"))
+                return new.get(m.group("key"), m.group(0))
+
+            text = _MARK.sub(replace, text).rstrip("\n")
+            rest = [block for key, block in new.items() if key not in seen]
+            text = "\n\n".join([text, *rest]) + "\n"
+        else:
+            text = "\n\n".join([self.header(), *new.values()]) + "\n"
+        atomic_write_text(md_path, text)
+        title = self.title
+        first = text.splitlines()[0] if text else ""
+        if first.startswith("# "):
+            title = first[2:]
+        html_path = atomic_write_text(run_dir / f"{name}.html", markdown_to_html(text, title, run_dir))
         return md_path, html_path
+
+
+def _wrap(key: str, body: str) -> str:
+    return f"<!-- transferkit:{key} -->\n{body.strip()}\n<!-- /transferkit:{key} -->"
+
+
+def _image_path(path: Path, run_dir: Path) -> Path:
+    """``path`` relative to ``run_dir``, copying the file into ``run_dir/plots`` when it lies outside."""
+    full = path if path.is_absolute() else run_dir / path
+    try:
+        return full.resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        target = run_dir / "plots" / full.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(full, target)
+        return target.relative_to(run_dir)
+
+
+def markdown_to_html(markdown: str, title: str, run_dir: str | Path | None = None) -> str:
+    """A standalone HTML page of ``markdown``; images inside ``run_dir`` are embedded as data URIs."""
+    from markdown_it import MarkdownIt
+
+    # raw HTML stays text (class names and paths come from users' folders); the section markers go
+    markdown = re.sub(r"^<!-- /?transferkit:[\w.-]+ -->\n", "", markdown, flags=re.M)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    if run_dir is not None:
+        root = Path(run_dir).resolve()
+
+        def embed(m: re.Match) -> str:
+            src = html.unescape(m.group("src"))
+            path = (root / src).resolve()
+            if "://" in src or src.startswith("data:") or not path.is_file() or root not in path.parents:
+                return m.group(0)
+            data = base64.b64encode(path.read_bytes()).decode()
+            return f'<img src="data:{_MIME.get(path.suffix.lower(), "image/png")};base64,{data}"'
+
+        body = _IMG.sub(embed, body)
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+        + body
+        + f'\n<p class="meta">written by transferkit, {time.strftime("%Y-%m-%d %H:%M:%S")}</p>'
+        + "\n</body></html>\n"
+    )

@@ -103,3 +103,8 @@ def parse_markdown_table(text: str, title: str | None = None) -> list[dict[str, 
             break
     header, body = rows[0], rows[2:]
     return [dict(zip(header, r)) for r in body]
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A titleless :class:`Table` as Markdown (floats with 4 decimals, None as ``-``)."""
+    return Table(list(columns), [list(r) for r in rows]).to_markdown()

@@ -8,8 +8,11 @@
   weight statistics (+ autoencoder) and dataset representations as image-embedding token sets;
 - :mod:`~transferkit.select.ranker` / :mod:`~transferkit.select.trainers`: the cross-attention ranking
   transformer, ListMLE/pairwise losses, and the named Lightning trainers;
-- :mod:`~transferkit.select.table` / :mod:`~transferkit.select.pipeline` / :mod:`~transferkit.select.evaluate`:
-  the performance and score tables, the end-to-end learned-ranker pipeline, leave-one-dataset-out evaluation.
+- :mod:`~transferkit.select.pipeline` / :mod:`~transferkit.select.learned` / :mod:`~transferkit.select.evaluate`:
+  model and dataset embeddings, training and leave-one-dataset-out evaluation of the learned ranker from the
+  results table (:mod:`transferkit.results`);
+- :mod:`~transferkit.select.rank` / :mod:`~transferkit.select.benchmark`: training-free ranking of backbones for
+  a dataset, and the class-subset benchmark that measures a results table.
 
 The command is ``transferkit rank`` (:mod:`transferkit.commands.rank`); see docs/rank.md.
 """

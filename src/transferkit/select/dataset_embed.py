@@ -108,7 +108,7 @@ def _in_hf_cache(repo_id: str) -> bool:
 def resolve_encoder(name: str = "auto", image_size: int = 224) -> tuple[str, Any]:
     """``(name, built backbone)`` of the dataset encoder; ``auto`` = the first of :data:`AUTO_ENCODERS`
     whose weights are available locally."""
-    from transferkit.probe.cache import resolve_backbone
+    from transferkit.backbones import resolve_backbone
 
     if name != "auto":
         return name, resolve_backbone(name, image_size, seed=0)

@@ -142,7 +142,7 @@ class AutoencoderConfig:
     """Shape and loss of :class:`WeightAutoencoder`.
 
     Args:
-        input_dim: length of the weight-statistics vectors.
+        input_dim: length of the weight-statistics vectors (None: taken from the data when training).
         hidden: widths of the encoder's hidden layers (the decoder mirrors them).
         code_dim: length of the code (the model embedding).
         activation: ``gelu``, ``relu`` or ``leakyrelu``.
@@ -151,7 +151,7 @@ class AutoencoderConfig:
         l1_code: weight of an L1 penalty on the code (0 = none).
     """
 
-    input_dim: int = 8192
+    input_dim: int | None = None
     hidden: list[int] = field(default_factory=lambda: [1024])
     code_dim: int = 512
     activation: str = "gelu"
@@ -171,7 +171,7 @@ class AutoencoderConfig:
         if self.l1_code < 0:
             raise UserError(f"l1_code must be >= 0, got {self.l1_code}")
         self.hidden = [int(h) for h in self.hidden]
-        if any(h < 1 for h in [*self.hidden, self.code_dim, self.input_dim]):
+        if any(h < 1 for h in [*self.hidden, self.code_dim, self.input_dim or 1]):
             raise UserError("autoencoder widths must be positive")
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +197,10 @@ class WeightAutoencoder(nn.Module):
         super().__init__()
         self.config = config or AutoencoderConfig(**kwargs)
         c = self.config
+        if c.input_dim is None:
+            raise UserError(
+                "AutoencoderConfig.input_dim is unknown: set it, or train with AutoencoderTrainer"
+            )
         widths = [c.input_dim, *c.hidden, c.code_dim]
         self.encoder = _mlp(widths, c.activation, c.dropout)
         self.decoder = _mlp(widths[::-1], c.activation, c.dropout)

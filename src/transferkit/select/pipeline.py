@@ -1,10 +1,8 @@
 """The learned-ranker pipeline: performance table -> model and dataset embeddings -> trained ranker bundle;
 its predictions for new (dataset, backbones); leave-one-dataset-out evaluation.
 
-A *dataset spec* (the ``data`` of a performance row) says how to rebuild a dataset:
-``{"source": "digits"|"imagefolder"|"csv"|"cifar10"|"cifar100", "path": ..., "image_size": 64,
-"classes": [optional subset of class names], "split": "train"}``; its *key* (:func:`dataset_key`) is a
-readable stable string such as ``digits@32`` or ``digits@32[0,3,5,7]``.
+Datasets are :class:`~transferkit.data.spec.DataSpec` objects: every results-table row carries its dataset's
+spec (``dataset.spec``) and key (``dataset.key``), so the images of any row can be found and summarised.
 
 :class:`EmbeddingStore` caches weight-statistics vectors (per backbone and image size) and dataset token sets
 (per dataset key, encoder, sample size and seed) as ``.npy`` files, so re-training or evaluating never
@@ -22,68 +20,21 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
+from transferkit.results import ResultRow, values_by_dataset
 from transferkit.select.dataset_embed import class_balanced_indices, resolve_encoder
 from transferkit.select.evaluate import LodoResult, leave_one_dataset_out
 from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
 from transferkit.select.ranker import RankExample, RankingTransformer, predict_scores
-from transferkit.select.table import PerfRow, truth_by_dataset
 from transferkit.utils.io import atomic_write_json
 
-if TYPE_CHECKING:  # the trainers import Lightning, which scoring alone does not need
-    from transferkit.select.trainers import AutoencoderTrainer, RankerTrainer, TrainResult
-
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- datasets
-def data_spec(
-    source: str, path: str | None, image_size: int, classes: Sequence[str] | None = None, split: str = "train"
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {"source": source, "path": path, "image_size": int(image_size), "split": split}
-    if classes is not None:
-        spec["classes"] = [str(c) for c in classes]
-    return spec
-
-
-def dataset_key(spec: Mapping[str, Any]) -> str:
-    """Readable stable key of a dataset spec: ``source[:path]@size[class subset]``."""
-    key = str(spec.get("source", "data"))
-    if spec.get("path"):
-        key += f":{spec['path']}"
-    key += f"@{spec.get('image_size', '?')}"
-    if spec.get("classes") is not None:
-        key += "[" + ",".join(str(c) for c in spec["classes"]) + "]"
-    return key
-
-
-def build_datamodule(spec: Mapping[str, Any]) -> Any:
-    """The ``ImageClassificationDataModule`` a spec describes."""
-    from transferkit.data import ImageClassificationDataModule
-
-    if "source" not in spec:
-        raise UserError(f"dataset spec {dict(spec)} has no 'source'; cannot rebuild the dataset")
-    return ImageClassificationDataModule(
-        source=spec["source"], path=spec.get("path"), image_size=int(spec.get("image_size") or 64)
-    )
-
-
-def subset_indices(dm: Any, spec: Mapping[str, Any], split: str) -> np.ndarray:
-    """Indices of ``split`` items whose class is in ``spec['classes']`` (all items when absent)."""
-    targets = np.asarray(dm.dataset(split).targets, dtype=np.int64)
-    if spec.get("classes") is None:
-        return np.arange(len(targets))
-    names = list(dm.class_names)
-    missing = [c for c in spec["classes"] if c not in names]
-    if missing:
-        raise UserError(f"classes {missing} are not in the dataset ({names[:10]}...)")
-    keep = np.isin(targets, [names.index(c) for c in spec["classes"]])
-    return np.flatnonzero(keep)
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -154,7 +105,7 @@ class EmbeddingStore:
         s = self.settings
 
         def compute() -> np.ndarray:
-            from transferkit.probe.cache import resolve_backbone
+            from transferkit.backbones import resolve_backbone
 
             bb = backbone if backbone is not None else resolve_backbone(name, image_size, seed=0)
             return weight_statistics(bb, dim=s.stats_dim, slots=s.stats_slots)
@@ -168,18 +119,17 @@ class EmbeddingStore:
             self._encoders[image_size] = bb
         return self._encoders[image_size]
 
-    def dataset_tokens(self, spec: Mapping[str, Any], datamodule: Any = None) -> np.ndarray:
-        """``(n, D)`` token set of the dataset ``spec`` describes (``datamodule`` reused when given)."""
+    def dataset_tokens(self, spec: DataSpec, split: str = "train") -> np.ndarray:
+        """``(n, D)`` token set of ``split`` of the dataset ``spec`` describes."""
         from transferkit.probe.cache import get_features
         from transferkit.select.dataset_embed import _SubsetData
 
         s = self.settings
-        image_size = int(spec.get("image_size") or 64)
-        split = str(spec.get("split") or "train")
+        image_size = spec.image_size
 
         def compute() -> np.ndarray:
-            dm = datamodule if datamodule is not None else build_datamodule(spec)
-            idx = subset_indices(dm, spec, split)
+            dm = spec.build()
+            idx = spec.subset_indices(split, dm)
             targets = np.asarray(dm.dataset(split).targets)[idx]
             pick = idx[class_balanced_indices(targets, s.max_samples, s.seed)]
             fs = get_features(
@@ -195,7 +145,7 @@ class EmbeddingStore:
 
         if s.encoder == "auto":
             self.encoder(image_size)  # resolve 'auto' first: the encoder is part of the key
-        key = f"{dataset_key(spec)}|{split}|{s.encoder}|{s.max_samples}|{s.seed}"
+        key = f"{spec.key()}|{split}|{s.encoder}|{s.max_samples}|{s.seed}"
         return self._get("datasets", key, compute)
 
 
@@ -240,46 +190,30 @@ class LearnedRanker:
         return predict_scores(self.ranker, tokens, codes)
 
 
-def resolve_specs(
-    rows: Sequence[PerfRow], known: Mapping[str, Mapping[str, Any]] | None = None
-) -> dict[str, dict[str, Any]]:
-    """``{dataset fingerprint: spec}`` for every dataset of ``rows``.
-
-    A row written by ``rank benchmark`` carries its spec; a ``compare`` row records only the dataset's name
-    and fingerprint, so its spec comes from ``known`` (the ``data`` of the score table's rows, written by
-    ``transferkit rank --data ...``) or, for the built-in ``digits``, from the name.
-    """
-    out: dict[str, dict[str, Any]] = {}
+def resolve_specs(rows: Sequence[ResultRow]) -> dict[str, DataSpec]:
+    """``{dataset key: spec}`` of every dataset of ``rows`` (each row carries its dataset's spec)."""
+    out: dict[str, DataSpec] = {}
     for r in rows:
-        if r.dataset in out:
-            continue
-        data = dict(r.data)
-        if "source" not in data:
-            if known and r.dataset in known:
-                data = {**data, **known[r.dataset]}
-            elif r.dataset_name == "digits":
-                data["source"] = "digits"
-            else:
+        if r.dataset_key not in out:
+            spec = r.dataset.get("spec")
+            if not isinstance(spec, dict):
                 raise UserError(
-                    f"dataset '{r.dataset_name}' ({r.dataset}) of the performance table records no location; "
-                    "run 'transferkit rank --data PATH --backbones ...' on it once (the score table then knows "
-                    "where it lives) and train again"
+                    f"dataset '{r.dataset_name}' of the results table records no spec, so its images cannot be "
+                    "found; re-run the command that measured it"
                 )
-        out[r.dataset] = data
+            out[r.dataset_key] = DataSpec.from_dict(spec)
     return out
 
 
 def build_examples(
-    rows: Sequence[PerfRow],
+    rows: Sequence[ResultRow],
     store: EmbeddingStore,
     codes: Mapping[str, np.ndarray],
     progress: Callable[[str], None] | None = None,
-    known_specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[RankExample]:
-    """One :class:`RankExample` per dataset of ``rows`` with at least 2 models (``codes[model]``);
-    ``known_specs``: see :func:`resolve_specs`."""
-    truth = truth_by_dataset(rows)
-    specs = resolve_specs(rows, known_specs)
+    """One :class:`RankExample` per dataset of ``rows`` (one target) with at least 2 models (``codes[model]``)."""
+    truth = values_by_dataset(rows)
+    specs = resolve_specs(rows)
     examples = []
     for key, accs in truth.items():
         models = sorted(m for m in accs if m in codes)
@@ -297,26 +231,25 @@ def build_examples(
     return examples
 
 
-def model_image_sizes(rows: Sequence[PerfRow]) -> dict[str, int]:
+def model_image_sizes(rows: Sequence[ResultRow]) -> dict[str, int]:
     """The image size each model's weight vector is computed at: that of its first row (default 224)."""
     out: dict[str, int] = {}
     for r in rows:
-        out.setdefault(r.model, int(r.data.get("image_size") or 224))
+        out.setdefault(r.backbone, int(r.dataset.get("image_size") or 224))
     return out
 
 
 def train_learned_ranker(
-    rows: Sequence[PerfRow],
+    rows: Sequence[ResultRow],
     store: EmbeddingStore,
-    autoencoder_trainer: AutoencoderTrainer,
-    ranker_trainer: RankerTrainer,
+    autoencoder_trainer: Any,
+    ranker_trainer: Any,
     out_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
-    known_specs: Mapping[str, Mapping[str, Any]] | None = None,
-) -> tuple[LearnedRanker, list[RankExample], dict[str, TrainResult]]:
-    """Embed every model (weights -> autoencoder) and dataset (encoder tokens) of ``rows`` and train the
-    ranker on them. Returns the bundle (saved to ``out_dir`` when given), the examples and both results.
-    ``known_specs``: see :func:`resolve_specs`."""
+) -> tuple[LearnedRanker, list[RankExample], dict[str, Any]]:
+    """Embed every model (weights -> autoencoder) and dataset (encoder tokens) of ``rows`` (one target) and
+    train the ranker on them. Returns the bundle (saved to ``out_dir`` when given), the examples and both
+    results."""
     sizes = model_image_sizes(rows)
     names = sorted(sizes)
     if len(names) < 2:
@@ -336,7 +269,6 @@ def train_learned_ranker(
         store,
         codes,
         progress=(lambda k: progress(f"tokens of {k}")) if progress else None,
-        known_specs=known_specs,
     )
     if not examples:
         raise UserError("no dataset in the performance table has at least 2 models")
@@ -344,7 +276,7 @@ def train_learned_ranker(
     meta = {
         "datasets": [e.dataset for e in examples],
         "models": names,
-        "metric": sorted({r.metric for r in rows}),
+        "target": sorted({r.target for r in rows}),
     }
     bundle = LearnedRanker(ae_result.model, rk_result.model, store.settings, meta)
     if out_dir is not None:
@@ -354,7 +286,7 @@ def train_learned_ranker(
 
 def evaluate_lodo(
     examples: Sequence[RankExample],
-    make_trainer: Callable[[], RankerTrainer],
+    make_trainer: Callable[[], Any],
     baselines: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> LodoResult:

@@ -45,8 +45,8 @@ class RankerConfig:
     """Shape of :class:`RankingTransformer`.
 
     Args:
-        model_dim: length of a model embedding (the autoencoder's code).
-        data_dim: width of a dataset token (the encoder's embedding).
+        model_dim: length of a model embedding (the autoencoder's code; None: taken from the data).
+        data_dim: width of a dataset token (the encoder's embedding; None: taken from the data).
         d_model: transformer width.
         heads: attention heads.
         layers: decoder layers (model queries: self-attention + cross-attention to the dataset).
@@ -55,8 +55,8 @@ class RankerConfig:
         dropout: dropout in attention and feed-forward blocks.
     """
 
-    model_dim: int = 512
-    data_dim: int = 512
+    model_dim: int | None = None
+    data_dim: int | None = None
     d_model: int = 64
     heads: int = 4
     layers: int = 2
@@ -67,7 +67,7 @@ class RankerConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
             raise UserError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if min(self.model_dim, self.data_dim, self.d_model, self.layers, self.ff_mult) < 1:
+        if min(self.model_dim or 1, self.data_dim or 1, self.d_model, self.layers, self.ff_mult) < 1:
             raise UserError("ranker widths, layers and ff_mult must be positive")
         if self.encoder_layers < 0 or not 0 <= self.dropout < 1:
             raise UserError("encoder_layers must be >= 0 and dropout in [0, 1)")
@@ -82,6 +82,10 @@ class RankingTransformer(nn.Module):
     def __init__(self, config: RankerConfig | None = None, **kwargs: Any):
         super().__init__()
         self.config = c = config or RankerConfig(**kwargs)
+        if c.model_dim is None or c.data_dim is None:
+            raise UserError(
+                "RankerConfig.model_dim/data_dim are unknown: set them, or train with RankerTrainer"
+            )
         self.data_proj = nn.Sequential(nn.LayerNorm(c.data_dim), nn.Linear(c.data_dim, c.d_model))
         self.model_proj = nn.Sequential(
             nn.LayerNorm(c.model_dim),
@@ -215,3 +219,39 @@ def predict_scores(model: RankingTransformer, data_tokens: np.ndarray, model_cod
     tokens = torch.as_tensor(np.asarray(data_tokens, dtype=np.float32))[None]
     codes = torch.as_tensor(np.asarray(model_codes, dtype=np.float32))[None]
     return model(codes, tokens).squeeze(0).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+def synthetic_ranking_examples(
+    num_datasets: int = 12,
+    num_models: int = 8,
+    model_dim: int = 16,
+    data_dim: int = 8,
+    tokens: int = 16,
+    latent: int = 3,
+    interaction: float = 1.0,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> list[RankExample]:
+    """A synthetic performance table as :class:`~transferkit.select.ranker.RankExample` lists.
+
+    Model ``m`` has latent quality ``q_m`` and factors ``u_m``; dataset ``d`` has factors ``v_d``. Codes are
+    ``[q_m, u_m] A + noise`` (``model_dim``), dataset tokens ``v_d B + N(0, 0.3)`` (``tokens`` of them,
+    ``data_dim``), and accuracy ``sigmoid(q_m + interaction * u_m . v_d)``.
+    """
+    rng = np.random.default_rng(seed)
+    q = rng.normal(0, 1, num_models)
+    u = rng.normal(0, 1, (num_models, latent))
+    v = rng.normal(0, 1, (num_datasets, latent))
+    a = rng.normal(0, 1, (latent + 1, model_dim))
+    b = rng.normal(0, 1, (latent, data_dim))
+    codes = np.concatenate([q[:, None], u], axis=1) @ a + noise * rng.normal(size=(num_models, model_dim))
+    names = [f"model-{i}" for i in range(num_models)]
+    examples = []
+    for d in range(num_datasets):
+        toks = v[d] @ b + 0.3 * rng.normal(size=(tokens, data_dim))
+        acc = 1 / (1 + np.exp(-(q + interaction * u @ v[d])))
+        examples.append(
+            RankExample(f"synthetic-{d}", toks.astype(np.float32), codes.astype(np.float32), acc, names)
+        )
+    return examples

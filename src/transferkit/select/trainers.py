@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.errors import UserError
 from transferkit.select.model_embed import AutoencoderConfig, WeightAutoencoder
+from transferkit.select.options import LearnedRankerOptions, TrainConfig
 from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_scores: re-exported)
     RANK_LOSSES,
     RankerConfig,
@@ -50,56 +51,6 @@ from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_sco
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-SCHEDULERS = ("plateau", "cosine", "none")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every trainer.
-
-    Args:
-        max_epochs: upper bound on epochs.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        batch_size: items per step (vectors for the autoencoder, datasets for the ranker).
-        scheduler: ``plateau``, ``cosine`` or ``none``.
-        warmup_epochs: linear warm-up epochs (``cosine`` only).
-        plateau_factor: LR multiplier when the validation loss plateaus (``plateau``).
-        plateau_patience: epochs without improvement before the LR drops (``plateau``).
-        grad_clip: max gradient norm (0 = no clipping).
-        patience: early-stopping patience in epochs (0 = train all ``max_epochs``).
-        min_delta: improvement below this does not reset the early-stopping counter.
-        val_fraction: fraction of items held out for validation (at least 1 when there are >= 4 items).
-        seed: seed of the split, the initialisation and the data order.
-        progress: show Lightning's progress bar.
-    """
-
-    max_epochs: int = 300
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 16
-    scheduler: str = "plateau"
-    warmup_epochs: int = 0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 10
-    grad_clip: float = 1.0
-    patience: int = 40
-    min_delta: float = 0.0
-    val_fraction: float = 0.2
-    seed: int = 0
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        self.scheduler = self.scheduler.lower()
-        if self.scheduler not in SCHEDULERS:
-            raise UserError(f"unknown scheduler '{self.scheduler}'; choose one of {list(SCHEDULERS)}")
-        if self.max_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise UserError("max_epochs and batch_size must be >= 1 and lr > 0")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.grad_clip < 0 or self.patience < 0:
-            raise UserError("grad_clip and patience must be >= 0")
 
 
 @dataclass
@@ -135,7 +86,9 @@ def get_trainer(name: str) -> type[BaseTrainer]:
     key = _key(name)
     if key not in TRAINERS:
         known = ", ".join(cls.__name__ for cls in TRAINERS.values())
-        raise UserError(f"unknown trainer '{name}'; known: {known} (see 'transferkit rank train --list')")
+        raise UserError(
+            f"unknown trainer '{name}'; known: {known} ('transferkit rank train --help' says what each trains)"
+        )
     return TRAINERS[key]
 
 
@@ -338,16 +291,14 @@ def rolling_mean(values: Sequence[float], window: int) -> np.ndarray:
 
 def plot_history(history: dict[str, Any], path: str | Path, window: int | None = None) -> Path:
     """Loss curves of ``history['epochs']`` as one PNG with three panels: linear, log scale, rolling mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from transferkit.report.plots import new_figure, save_figure
 
     rows = history["epochs"]
     epochs = [r["epoch"] for r in rows]
     series = {k: [r.get(k, float("nan")) for r in rows] for k in ("train/loss", "val/loss")}
     window = window or max(3, len(rows) // 20)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig = new_figure(14, 3.8)
+    axes = fig.subplots(1, 3)
     for ax, title in zip(axes, ("linear", "log scale", f"rolling mean (window {window})")):
         for name, vals in series.items():
             if all(not math.isfinite(v) for v in vals):
@@ -365,14 +316,7 @@ def plot_history(history: dict[str, Any], path: str | Path, window: int | None =
             ax.axvline(history["best_epoch"], color="gray", linestyle=":", linewidth=1)
     axes[0].legend()
     fig.suptitle(f"{history.get('trainer', '')}: best epoch {history.get('best_epoch')}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def split_items(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -423,7 +367,9 @@ class AutoencoderTrainer(BaseTrainer):
         if isinstance(self.model_config, AutoencoderConfig):
             cfg = copy.deepcopy(self.model_config)
         else:
-            cfg = AutoencoderConfig(**{"input_dim": x.shape[1], **dict(self.model_config or {})})
+            cfg = AutoencoderConfig(**dict(self.model_config or {}))
+        if cfg.input_dim is None:
+            cfg.input_dim = int(x.shape[1])
         if cfg.input_dim != x.shape[1]:
             raise UserError(f"autoencoder input_dim {cfg.input_dim} != weight-vector length {x.shape[1]}")
         tr, va = split_items(len(x), self.train_config.val_fraction, self.train_config.seed)
@@ -536,9 +482,9 @@ class RankerTrainer(BaseTrainer):
         if isinstance(self.model_config, RankerConfig):
             cfg = copy.deepcopy(self.model_config)
         else:
-            cfg = RankerConfig(
-                **{"model_dim": model_dim, "data_dim": data_dim, **dict(self.model_config or {})}
-            )
+            cfg = RankerConfig(**dict(self.model_config or {}))
+        cfg.model_dim = int(model_dim) if cfg.model_dim is None else cfg.model_dim
+        cfg.data_dim = int(data_dim) if cfg.data_dim is None else cfg.data_dim
         if (cfg.model_dim, cfg.data_dim) != (model_dim, data_dim):
             raise UserError(
                 f"ranker expects model_dim={cfg.model_dim}, data_dim={cfg.data_dim}; the data has "
@@ -570,3 +516,13 @@ class RankerTrainer(BaseTrainer):
             out_dir=self.out_dir,
             extra=extra,
         )
+
+
+def trainers_from(options: LearnedRankerOptions) -> tuple[AutoencoderTrainer, Callable[[], RankerTrainer]]:
+    """The autoencoder trainer and a factory of fresh ranker trainers (one per leave-one-dataset-out fold)."""
+    ae = AutoencoderTrainer(model=options.autoencoder, train=options.autoencoder_train)
+
+    def make_ranker() -> RankerTrainer:
+        return RankerTrainer(model=options.model, loss=options.loss, train=options.train)
+
+    return ae, make_ranker

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
-from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
 from transferkit.errors import UserError
 from transferkit.heads.classification import ClassificationHead
 from transferkit.tasks.common import set_hparam

@@ -36,8 +36,8 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
+from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
-from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
 from transferkit.data.grounding import boxes_from_model
 from transferkit.errors import UserError
 from transferkit.heads.criterion import DEFAULT_WEIGHTS, LOSSES, SetCriterion

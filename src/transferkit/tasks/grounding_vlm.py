@@ -1,7 +1,7 @@
 """Fine-tuning a vision-language model (Qwen2.5-VL) to detect and describe objects as JSON.
 
 The model (transformers' ``Qwen2_5_VLForConditionalGeneration`` + its processor, :mod:`transferkit.backbones.vlm`)
-reads chats built by :class:`~transferkit.data.vlm_grounding.VLMGroundingDataModule` and learns to answer
+reads chats built by :class:`~transferkit.vlm.data.VLMGroundingDataModule` and learns to answer
 ``[{"bbox_2d": [x1, y1, x2, y2], "desc": "..."}, ...]`` with boxes in the pixels of its resized image.
 
 Training: next-token cross-entropy over the target answer's tokens only (labels -100 elsewhere), averaged
@@ -230,7 +230,7 @@ class VLMPredictionWriter(GroundingPredictionWriter):
 class GroundingVLMTask(L.LightningModule):
     """Qwen2.5-VL fine-tuned to answer grounding JSON (module docstring).
 
-    Batches come from :class:`~transferkit.data.vlm_grounding.VLMGroundingDataModule` (see
+    Batches come from :class:`~transferkit.vlm.data.VLMGroundingDataModule` (see
     :mod:`transferkit.vlm.collate` for their keys).
     """
 

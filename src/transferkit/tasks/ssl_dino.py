@@ -45,8 +45,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
-from transferkit.backbones.registry import BackboneConfig, build_backbone_from_config
 from transferkit.errors import UserError
 from transferkit.tasks.classification import as_dataclass
 from transferkit.tasks.common import set_hparam

@@ -9,9 +9,9 @@ import torch
 
 from transferkit.backbones.vlm import load_processor
 from transferkit.data.grounding import read_grounding_jsonl, write_grounding_jsonl
-from transferkit.data.vlm_grounding import VLMGroundingDataModule
 from transferkit.errors import DatasetError, UserError
 from transferkit.vlm.chat import IGNORE_INDEX, resized_size
+from transferkit.vlm.data import VLMGroundingDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

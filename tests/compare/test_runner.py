@@ -1,30 +1,21 @@
-"""The fair-comparison runner: results.json, report numbers, pairs, gains and the performance table."""
+"""The fair-comparison runner: results.json, metrics.json, report numbers, gains and the results table."""
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit.compare import (
-    KnnOptions,
-    ProbeOptions,
-    append_performance,
-    fair_pairs,
-    mcnemar_p,
-    parse_backbones,
-    pretraining_gains,
-    read_performance,
-    run_compare,
-    wilson_ci,
-)
-from transferkit.data import ImageClassificationDataModule
+from transferkit.compare import KnnOptions, ProbeOptions, parse_backbones, run_compare
+from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
+from transferkit.probe.cache import ExtractOptions
 from transferkit.report import parse_markdown_table, percent
+from transferkit.results import ResultsTable
+from transferkit.runs import RunDir
 
 
 def write_digits_folder(root: Path, per_split: dict[str, int]) -> Path:
@@ -47,19 +38,18 @@ def write_digits_folder(root: Path, per_split: dict[str, int]) -> Path:
 def compared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     data = write_digits_folder(tmp / "digits", {"train": 20, "val": 8, "test": 8})
-    dm = ImageClassificationDataModule(source="imagefolder", path=str(data), image_size=32)
-    run_dir = tmp / "runs" / "cmp"
+    spec = DataSpec({"source": "imagefolder", "path": str(data), "image_size": 32})
+    run = RunDir.create(tmp / "runs", "cmp", "compare")
     results = run_compare(
-        dm,
+        spec,
         "minilm-l6,minilm-l6:random,vit-micro",
-        run_dir=run_dir,
+        run=run,
         probe=ProbeOptions(epochs=15, learning_rates=[0.01, 0.1, 1.0], layers=[1, 2]),
         knn=KnnOptions(ks=[5, 20]),
-        cache_dir=tmp / "cache",
-        performance_table=tmp / "runs" / "performance.json",
-        progress=False,
+        extract=ExtractOptions(cache_dir=str(tmp / "cache"), progress=False),
+        results_table=ResultsTable(tmp / "runs" / "performance.json"),
     )
-    return results, run_dir, tmp
+    return results, run.path, tmp
 
 
 def test_results_json_and_report_agree(compared):
@@ -87,6 +77,11 @@ def test_results_json_and_report_agree(compared):
     for plot in on_disk["plots"].values():
         assert (run_dir / plot).is_file()
     assert results["dataset"]["counts"] == {"train": 200, "val": 80, "test": 80}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for e in on_disk["backbones"]:
+        assert metrics["backbones"][e["name"]]["linear_probe"]["test_acc1"] == e["linear"]["test_acc1"]
+        assert metrics["backbones"][e["name"]]["knn"]["test_ci95"] == e["knn"]["test_ci95"]
+    assert metrics["dataset"]["key"] == results["dataset"]["key"]
 
 
 def test_pretrained_next_to_random_twin_and_fair_pairs(compared):
@@ -112,83 +107,44 @@ def test_pretrained_next_to_random_twin_and_fair_pairs(compared):
     assert ("vit-micro", "minilm-l6") in pairs
 
 
-def test_second_run_reads_the_cache_and_appends_performance(compared):
+def test_second_run_reads_the_cache_and_appends_to_the_results_table(compared):
     results, _, tmp = compared
-    dm = ImageClassificationDataModule(source="imagefolder", path=str(tmp / "digits"), image_size=32)
+    spec = DataSpec({"source": "imagefolder", "path": str(tmp / "digits"), "image_size": 32})
     again = run_compare(
-        dm,
+        spec,
         ["vit-micro"],
-        run_dir=tmp / "runs" / "again",
+        run=RunDir.create(tmp / "runs", "again", "compare"),
         probe=ProbeOptions(epochs=15, learning_rates=[0.01, 0.1, 1.0], layers=[1, 2]),
         knn=KnnOptions(ks=[5, 20]),
-        cache_dir=tmp / "cache",
-        performance_table=tmp / "runs" / "performance.json",
-        progress=False,
+        extract=ExtractOptions(cache_dir=str(tmp / "cache"), progress=False),
+        results_table=ResultsTable(tmp / "runs" / "performance.json"),
     )
     (entry,) = again["backbones"]
     first = next(e for e in results["backbones"] if e["name"] == "vit-micro")
     assert all(f["cache_hit"] for f in entry["features"].values()) and entry["throughput_cached"]
     assert entry["linear"]["test_acc1"] == first["linear"]["test_acc1"]  # same features, same seed
-    table = read_performance(tmp / "runs" / "performance.json")
-    assert table["schema"] == 1 and len(table["rows"]) == 3 * 2 + 2
-    row = table["rows"][0]
-    assert set(row) >= {"dataset", "backbone", "metric", "value", "split", "pretrained", "num_params"}
-    assert (
-        row["dataset"]["fingerprint"] == results["dataset"]["fingerprint"]
-        and row["dataset"]["name"] == "imagefolder:digits"
-    )
-    assert {r["metric"] for r in table["rows"]} == {"linear_top1", "knn_top1"}
+    rows = ResultsTable(tmp / "runs" / "performance.json").read()
+    assert len(rows) == 3 * 2  # the second vit-micro rows replaced the first ones
+    assert {(r.protocol, r.metric) for r in rows} == {("linear_probe", "top1"), ("knn", "top1")}
+    r = next(r for r in rows if r.backbone == "vit-micro" and r.protocol == "linear_probe")
+    assert r.value == entry["linear"]["test_acc1"] and r.run == "again" and r.extra["num_params"] > 0
+    assert r.dataset_key == results["dataset"]["key"] and r.dataset_name == "imagefolder:digits"
+    assert DataSpec.from_dict(r.dataset["spec"]).key() == r.dataset_key  # the row rebuilds its dataset
 
 
-def test_fair_pairs_match_closest_size_across_modalities():
-    def entry(name, modality, params, lin):
-        return {"name": name, "modality": modality, "num_params": params, "linear": {"test_acc1": lin},
-                "knn": {"test_acc1": lin - 0.1}, "pretrained": True}  # fmt: skip
-
-    entries = [
-        entry("openai-community/gpt2-medium", "language", 355_000_000, 0.70),
-        entry("facebook/dinov2-large", "vision", 304_000_000, 0.90),
-        entry("facebook/dinov2-small", "vision", 22_000_000, 0.85),
-        entry("minilm-l6", "language", 22_700_000, 0.60),
-    ]
-    pairs = {p["backbone"]: p for p in fair_pairs(entries)}
-    gpt2 = pairs["openai-community/gpt2-medium"]
-    assert gpt2["partner"] == "facebook/dinov2-large"
-    assert gpt2["size_ratio"] == pytest.approx(355 / 304) and gpt2["size_gap"] == pytest.approx(51 / 304)
-    assert gpt2["linear_delta"] == pytest.approx(-0.20)
-    assert pairs["minilm-l6"]["partner"] == "facebook/dinov2-small"
-    assert pairs["facebook/dinov2-small"]["partner"] == "minilm-l6"
-    assert fair_pairs(entries[:1]) == [] and pretraining_gains(entries) == []
-
-
-def test_performance_table_appends_from_concurrent_writers(tmp_path):
-    """flock serialises writers holding separate open files (threads here, processes alike)."""
-    path = tmp_path / "performance.json"
-
-    def append(worker: int) -> None:
-        for i in range(5):
-            append_performance(path, [{"worker": worker, "i": i}])
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(append, range(4)))
-    rows = read_performance(path)["rows"]
-    assert sorted((r["worker"], r["i"]) for r in rows) == [(w, i) for w in range(4) for i in range(5)]
-    path.write_text("{broken")
-    with pytest.raises(UserError, match="not valid JSON"):
-        read_performance(path)
+def test_compare_refuses_a_class_subset(tmp_path):
+    with pytest.raises(UserError, match="compare measures whole datasets"):
+        run_compare(
+            DataSpec({"source": "digits"}, ["1", "2"]),
+            ["vit-micro"],
+            run=RunDir.create(tmp_path, "x", "compare"),
+        )
 
 
 def test_parse_backbones():
-    assert parse_backbones("a, b,a") == ["a", "b"]
+    assert parse_backbones("a, b") == ["a", "b"]
     assert parse_backbones(["a,b", "c"]) == ["a", "b", "c"]
     with pytest.raises(UserError, match="no backbones"):
         parse_backbones(" , ")
-
-
-def test_mcnemar_and_wilson():
-    a = np.array([True] * 90 + [False] * 10)
-    b = np.array([True] * 70 + [False] * 30)
-    assert mcnemar_p(a, b) < 1e-4  # 20 discordant pairs, all one way
-    assert mcnemar_p(a, a) == 1.0
-    lo, hi = wilson_ci(90, 100)
-    assert 0.82 < lo < 0.84 and 0.94 < hi < 0.95  # Wilson 95% interval of 90/100: [0.826, 0.945]
+    with pytest.raises(UserError, match="names a more than once"):
+        parse_backbones("a, b,a")

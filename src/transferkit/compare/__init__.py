@@ -1,0 +1,28 @@
+"""Fair comparison of backbones on one dataset: the same data, the same frozen-feature protocols, one report.
+
+- :mod:`~transferkit.compare.runner`: :func:`run_compare` (features once, linear-probe grid, kNN, optional
+  fine-tune through ``transferkit fit``), ``metrics.json`` and results-table rows;
+- :mod:`~transferkit.compare.stats`: Wilson intervals, exact McNemar tests, pretraining gains, fair pairs;
+- :mod:`~transferkit.compare.report`: the tables, plots and report of a run;
+- :mod:`~transferkit.compare.options`: the ``--probe``, ``--knn`` and ``--finetune`` option groups.
+
+The command is ``transferkit compare`` (:mod:`transferkit.commands.compare`); see docs/compare.md.
+"""
+
+from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
+from transferkit.compare.runner import DEFAULT_BACKBONES, parse_backbones, result_rows, run_compare
+from transferkit.compare.stats import fair_pairs, mcnemar_p, pretraining_gains, wilson_ci
+
+__all__ = [
+    "DEFAULT_BACKBONES",
+    "FinetuneOptions",
+    "KnnOptions",
+    "ProbeOptions",
+    "fair_pairs",
+    "mcnemar_p",
+    "parse_backbones",
+    "pretraining_gains",
+    "result_rows",
+    "run_compare",
+    "wilson_ci",
+]

@@ -1,0 +1,112 @@
+"""Options of ``transferkit compare`` (the ``--probe.*``, ``--knn.*`` and ``--finetune.*`` groups), each
+validated when built, so a wrong value fails before any feature is extracted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transferkit.errors import UserError
+from transferkit.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
+from transferkit.probe.linear import DEFAULT_LEARNING_RATES
+
+
+@dataclass
+class ProbeOptions:
+    """Linear-probe grid on cached features (DINOv2-style, see ``transferkit.probe.linear``).
+
+    Args:
+        epochs: passes over the cached training features.
+        batch_size: mini-batch size (LRs are scaled by ``batch_size / 256``).
+        learning_rates: base learning-rate grid.
+        poolings: poolings to probe; None = the backbone's default pooling and ``mean``.
+        layers: numbers of last blocks whose pooled features are concatenated (1 = the final block); values
+            above a backbone's depth are capped.
+        weight_decay: L2 weight decay of the heads.
+        normalize: standardise features with the training mean/std (BN(affine=False)-style).
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_LEARNING_RATES))
+    poolings: list[str] | None = None
+    layers: list[int] = field(default_factory=lambda: [1, 4])
+    weight_decay: float = 0.0
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("probe.epochs", self.epochs, 1)
+        _at_least("probe.batch_size", self.batch_size, 1)
+        if not self.learning_rates or any(not lr > 0 for lr in self.learning_rates):
+            raise UserError(f"probe.learning_rates must be positive numbers, got {self.learning_rates}")
+        if not self.layers or any(int(k) < 1 for k in self.layers):
+            raise UserError(f"probe.layers counts last blocks: integers >= 1, got {self.layers}")
+        if self.weight_decay < 0:
+            raise UserError(f"probe.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.poolings is not None and not self.poolings:
+            raise UserError("probe.poolings is empty; give poolings (cls, mean, last, cls+mean) or null")
+
+
+@dataclass
+class KnnOptions:
+    """Weighted kNN on final-layer features (DINO/DINOv2 protocol).
+
+    Args:
+        ks: numbers of neighbours; the best on val is reported on test.
+        temperature: votes are ``exp(cosine similarity / temperature)``.
+        pooling: pooling of the kNN features; None = the backbone's default.
+    """
+
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
+    temperature: float = DEFAULT_TEMPERATURE
+    pooling: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(int(k) < 1 for k in self.ks):
+            raise UserError(f"knn.ks must be integers >= 1, got {self.ks}")
+        if not self.temperature > 0:
+            raise UserError(f"knn.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class FinetuneOptions:
+    """Short full fine-tune of every backbone: ``transferkit fit`` of ``transferkit.tasks.ImageClassifier``
+    (``adaptation: finetune``), reported at its best checkpoint on val. ``--finetune '{}'`` turns it on with
+    these defaults; any ``--finetune.<option>`` turns it on too.
+
+    Args:
+        epochs: training epochs.
+        batch_size: training batch size.
+        blr: base learning rate (AdamW; LR = blr * batch / 256).
+        weight_decay: AdamW weight decay.
+        layer_decay: layer-wise LR decay.
+        warmup_epochs: linear warmup (fractions allowed).
+        label_smoothing: label smoothing.
+        patch_embed_lr_mult: LR multiplier of a language model's new PatchEmbed.
+        limit_train_batches: Lightning's limit per epoch (int batches or float fraction); None = all.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    blr: float = 4e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 0.9
+    warmup_epochs: float = 0.3
+    label_smoothing: float = 0.1
+    patch_embed_lr_mult: float = 10.0
+    limit_train_batches: int | float | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("finetune.epochs", self.epochs, 1)
+        _at_least("finetune.batch_size", self.batch_size, 1)
+        for key in ("blr", "patch_embed_lr_mult"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"finetune.{key} must be > 0, got {getattr(self, key)}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
+            raise UserError("finetune.weight_decay and warmup_epochs must be >= 0, label_smoothing in [0, 1)")
+        if not 0 < self.layer_decay <= 1:
+            raise UserError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if int(value) < low:
+        raise UserError(f"{key} must be >= {low}, got {value}")

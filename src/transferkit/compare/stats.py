@@ -1,0 +1,101 @@
+"""Statistics of a comparison: confidence intervals, paired tests, pretraining gains, fair pairs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from transferkit.backbones.registry import split_random_suffix
+
+
+def wilson_ci(correct: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy ``correct / total`` (scipy)."""
+    from scipy.stats import binomtest
+
+    if total <= 0:
+        return (0.0, 1.0)
+    ci = binomtest(int(correct), int(total)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact McNemar test (two-sided binomial test on the discordant pairs) of two classifiers evaluated on the
+    same images: the probability of a difference at least this large if both were equally accurate."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+
+
+def fair_pairs(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each backbone matched with the closest-size backbone (|log param ratio|) of every other modality.
+
+    Rows: ``backbone``, ``modality``, ``params``, ``partner``, ``partner_modality``, ``partner_params``,
+    ``size_ratio`` (larger / smaller), ``size_gap`` ((params - partner) / partner) and the partner's
+    linear-probe and kNN test top-1 minus the backbone's (``linear_delta``, ``knn_delta``).
+    """
+    rows = []
+    mods = sorted({e["modality"] for e in entries})
+    for e in entries:
+        for m in mods:
+            if m == e["modality"]:
+                continue
+            others = [o for o in entries if o["modality"] == m]
+            o = min(others, key=lambda o: (abs(math.log(o["num_params"] / e["num_params"])), o["name"]))
+            rows.append(
+                {
+                    "backbone": e["name"],
+                    "modality": e["modality"],
+                    "params": e["num_params"],
+                    "partner": o["name"],
+                    "partner_modality": m,
+                    "partner_params": o["num_params"],
+                    "size_ratio": max(e["num_params"], o["num_params"])
+                    / min(e["num_params"], o["num_params"]),
+                    "size_gap": (e["num_params"] - o["num_params"]) / o["num_params"],
+                    "linear_delta": e["linear"]["test_acc1"] - o["linear"]["test_acc1"],
+                    "knn_delta": e["knn"]["test_acc1"] - o["knn"]["test_acc1"],
+                }
+            )
+    return rows
+
+
+def pretraining_gains(
+    entries: Sequence[dict[str, Any]], correct: dict[str, dict[str, np.ndarray]] | None = None
+) -> list[dict[str, Any]]:
+    """``X`` vs its random twin ``X:random`` when both were compared: test top-1 differences and, given the
+    per-image test correctness ``correct[name][protocol]``, exact McNemar p-values (``linear_p``, ``knn_p``)."""
+    by_name = {e["name"]: e for e in entries}
+    rows = []
+    for e in entries:
+        base, is_random = split_random_suffix(e["name"])
+        if is_random or not e["pretrained"]:
+            continue
+        twin = by_name.get(f"{base}:random")
+        if twin is None:
+            continue
+        row = {
+            "backbone": e["name"],
+            "random_twin": twin["name"],
+            "linear_pretrained": e["linear"]["test_acc1"],
+            "linear_random": twin["linear"]["test_acc1"],
+            "linear_gain": e["linear"]["test_acc1"] - twin["linear"]["test_acc1"],
+            "knn_pretrained": e["knn"]["test_acc1"],
+            "knn_random": twin["knn"]["test_acc1"],
+            "knn_gain": e["knn"]["test_acc1"] - twin["knn"]["test_acc1"],
+        }
+        if correct and e["name"] in correct and twin["name"] in correct:
+            for protocol in ("linear", "knn"):
+                row[f"{protocol}_p"] = mcnemar_p(
+                    correct[e["name"]][protocol], correct[twin["name"]][protocol]
+                )
+        if e.get("finetune") and twin.get("finetune"):
+            row["finetune_gain"] = e["finetune"]["test_acc1"] - twin["finetune"]["test_acc1"]
+        rows.append(row)
+    return rows

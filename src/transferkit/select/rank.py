@@ -1,0 +1,293 @@
+"""Training-free ranking of backbones for a dataset (``transferkit rank``), as library functions.
+
+:func:`rank_backbones` extracts (or reads from the feature cache) each backbone's features of one split,
+computes every training-free score (:mod:`transferkit.select.scores`), the ensemble rank and, when the results
+table holds measured accuracies of the same dataset, each score's agreement with them
+(:func:`transferkit.select.evaluate.rank_metrics`). :func:`score_rows` turns the scores into results-table rows
+(protocol ``score``); :func:`rank_tables` and :func:`rank_report` present them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.backbones import resolve_backbone
+from transferkit.data.spec import DataSpec
+from transferkit.errors import UserError
+from transferkit.probe.cache import ExtractOptions, get_features
+from transferkit.report import Report, Table
+from transferkit.results import ResultRow, choose_target, dataset_entry, rows_of_target, values_by_dataset
+from transferkit.select.evaluate import rank_metrics
+from transferkit.select.scores import (
+    Features,
+    compute_scores,
+    ensemble_ranks,
+    resolve_score_names,
+    stratified_subset,
+)
+from transferkit.select.source_preds import load_timm_source_head, source_predictions
+
+log = logging.getLogger(__name__)
+
+#: fewer models than this make a rank correlation uninformative (two models: tau is +-1 by construction)
+MIN_INFORMATIVE = 3
+
+
+def matching_rows(rows: Sequence[ResultRow], dataset: dict[str, Any]) -> tuple[list[ResultRow], bool]:
+    """Measured-accuracy rows of this dataset: the same key (``exact`` = True), else rows of the same dataset
+    name measured at another image size (whole datasets only, not class-subset tasks)."""
+    measured = [r for r in rows if r.protocol != "score"]
+    exact = [r for r in measured if r.dataset_key == dataset["key"]]
+    if exact:
+        return exact, True
+    same = [
+        r
+        for r in measured
+        if r.dataset_name == dataset["name"] and not (r.dataset.get("spec") or {}).get("classes")
+    ]
+    return same, False
+
+
+def rank_backbones(
+    spec: DataSpec,
+    backbones: Sequence[str],
+    *,
+    split: str = "train",
+    scores: str | Sequence[str] = "all",
+    max_samples: int | None = None,
+    extract: ExtractOptions | None = None,
+    seed: int = 0,
+    patch_size: int | None = None,
+    ranker: str | Path | None = None,
+    results: Sequence[ResultRow] = (),
+    target: str | None = None,
+) -> dict[str, Any]:
+    """Score ``backbones`` on ``split`` of the dataset ``spec`` describes, without fine-tuning any.
+
+    Args:
+        spec: the dataset (``spec.classes`` restricts it to a class subset).
+        backbones: backbone names.
+        split: the split whose features are scored.
+        scores: score names or ``all``.
+        max_samples: score a class-stratified subset of this many images.
+        extract: extraction / cache settings.
+        seed: seed of random-init backbones, the subset and the GMM pseudo-sources.
+        patch_size: patch size of language-model backbones.
+        ranker: a trained learned-ranker folder whose score is added as ``learned``.
+        results: results-table rows; measured accuracies of this dataset become the ``accuracy`` to compare with.
+        target: ``protocol/metric`` of those rows to compare with (default: the most common).
+
+    Returns a JSON-able dict: ``dataset``, ``split``, ``backbones`` (per-backbone facts), ``scores``
+    (``{score: {backbone: value}}``), ``score_seconds``, ``ensemble_rank``, ``ranking``, ``accuracy``,
+    ``accuracy_target``, ``accuracy_exact_match`` and ``correlations`` (``{score: rank_metrics}``).
+    """
+    from transferkit.select.pipeline import EmbeddingStore, LearnedRanker
+
+    if split not in ("train", "val", "test"):
+        raise UserError(f"unknown split '{split}'; choose train, val or test")
+    if max_samples is not None and max_samples < 2:
+        raise UserError(f"max_samples must be >= 2, got {max_samples}")
+    extract = extract or ExtractOptions()
+    score_names = resolve_score_names(scores)
+    dm = spec.build()
+    dataset = spec.describe()
+    keep_classes = spec.class_indices(dm)
+    learned = LearnedRanker.load(ranker) if ranker else None
+    store = tokens = None
+    if learned is not None:
+        store = EmbeddingStore(
+            learned.settings, root=Path(ranker) / "embeddings", cache_dir=extract.cache_dir
+        )
+        tokens = store.dataset_tokens(spec, split)
+    options = {"patch_size": patch_size} if patch_size is not None else {}
+    values: dict[str, dict[str, float]] = {s: {} for s in score_names}
+    seconds: dict[str, dict[str, float]] = {s: {} for s in score_names}
+    per_backbone: dict[str, dict[str, Any]] = {}
+    for name in backbones:
+        t0 = time.perf_counter()
+        bb = resolve_backbone(name, dm.image_size, seed=seed, **options)
+        build_s = time.perf_counter() - t0
+        head = load_timm_source_head(bb) if {"leep", "nce"} & set(score_names) else None
+        extra = [head.pooling] if head is not None and head.pooling != bb.pooling else []
+        fs = get_features(bb, dm, split, extra_poolings=extra, **extract.kwargs())
+        rows = np.isin(fs.labels, keep_classes)  # the class subset (every row without one)
+        x, y = np.asarray(fs.features)[rows], np.asarray(fs.labels)[rows]
+        head_x = np.asarray(fs.view(pooling=head.pooling).features)[rows] if head is not None else None
+        if max_samples is not None and len(y) > max_samples:
+            keep = np.sort(stratified_subset(np.unique(y, return_inverse=True)[1], max_samples, seed=seed))
+            x, y = x[keep], y[keep]
+            head_x = None if head_x is None else head_x[keep]
+        feats = Features(x)
+        res = compute_scores(
+            feats,
+            y,
+            score_names,
+            source_probs_fn=lambda feats=feats, y=y, head=head, head_x=head_x: source_predictions(
+                feats, y, head=head, head_features=head_x, seed=seed
+            ),
+        )
+        for s, r in res.items():
+            values[s][name] = r.value
+            seconds[s][name] = r.seconds + r.extra.get("source_seconds", 0.0)  # LEEP: + source predictions
+        per_backbone[name] = {
+            "num_samples": int(len(y)),
+            "dim": int(x.shape[1]),
+            "num_params": int(bb.num_params()),
+            "cache_hit": bool(fs.metadata.get("cache_hit")),
+            "extract_seconds": float(fs.metadata.get("extract_seconds", 0.0)),
+            "build_seconds": build_s,
+            "source_predictions": next(
+                (r.extra["source"] for r in res.values() if "source" in r.extra), None
+            ),
+        }
+        if learned is not None:
+            assert store is not None and tokens is not None
+            vec = store.model_vector(name, dm.image_size, backbone=bb)
+            t1 = time.perf_counter()
+            per_backbone[name]["learned"] = float(learned.score(tokens, vec[None])[0])
+            seconds.setdefault("learned", {})[name] = time.perf_counter() - t1
+        del bb
+    if learned is not None:
+        values["learned"] = {n: per_backbone[n]["learned"] for n in backbones}
+    ensemble = ensemble_ranks({s: v for s, v in values.items() if s != "learned"})
+
+    measured, exact = matching_rows(results, dataset)
+    truth: dict[str, float] = {}
+    correlations: dict[str, dict[str, float]] = {}
+    chosen = None
+    if measured:
+        chosen = choose_target(measured, target)
+        by_ds = values_by_dataset(rows_of_target(measured, chosen))
+        truth = next(iter(by_ds.values()))  # exact: one dataset; by name: the first one measured
+        if len([n for n in backbones if n in truth]) >= 2:
+            for s, v in values.items():
+                correlations[s] = rank_metrics(v, truth)
+            correlations["ensemble"] = rank_metrics({m: -r for m, r in ensemble.items()}, truth)
+    return {
+        "dataset": dataset,
+        "split": split,
+        "backbones": per_backbone,
+        "scores": values,
+        "score_seconds": seconds,
+        "ensemble_rank": ensemble,
+        "ranking": {s: sorted(v, key=lambda m: -np.nan_to_num(v[m], nan=-np.inf)) for s, v in values.items()},
+        "accuracy": truth,
+        "accuracy_target": chosen,
+        "accuracy_exact_match": exact if truth else None,
+        "correlations": correlations,
+    }
+
+
+def score_rows(result: dict[str, Any], run: str | None = None) -> list[ResultRow]:
+    """Results-table rows (protocol ``score``, metric = the score) of a :func:`rank_backbones` result."""
+    dataset = dataset_entry(result["dataset"])
+    rows = []
+    for score, per in result["scores"].items():
+        if score == "learned":
+            continue  # a model's output, not a property of the features
+        for backbone, value in per.items():
+            if np.isfinite(value):
+                extra = {"num_params": result["backbones"][backbone].get("num_params")}
+                rows.append(
+                    ResultRow(
+                        dataset, backbone, "score", score, float(value), result["split"], run, extra=extra
+                    )
+                )
+    return rows
+
+
+def _fmt(v: float) -> str:
+    if not np.isfinite(v):
+        return "nan"
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def _agreement(c: dict[str, float]) -> str:
+    n = int(c.get("n", 0))
+    if n < MIN_INFORMATIVE:
+        return f"n = {n} measured backbones: not informative"
+    return f"Kendall tau {_fmt(c['kendall_tau'])}, weighted tau {_fmt(c['weighted_tau'])}, top-1 hit {c['top1_hit']:.0f} (n = {n})"
+
+
+def rank_tables(result: dict[str, Any]) -> list[Table]:
+    """One ranked table per score (value, seconds, real accuracy), the ensemble table, the agreement table."""
+    values, seconds = result["scores"], result["score_seconds"]
+    truth, correlations, target = result["accuracy"], result["correlations"], result["accuracy_target"]
+    real = [f"real {target}"] if truth else []
+    tables = []
+    for s, v in values.items():
+        order = sorted(v, key=lambda m: -np.nan_to_num(v[m], nan=-np.inf))
+        rows = [
+            [i, n, v[n], seconds.get(s, {}).get(n), *([truth.get(n)] if truth else [])]
+            for i, n in enumerate(order, 1)
+        ]
+        seconds_col = "seconds (includes the source predictions)" if s == "leep" else "seconds"
+        tables.append(
+            Table(
+                ["#", "backbone", s, seconds_col, *real],
+                rows,
+                title=s,
+                formats={s: _fmt, seconds_col: ".3f"},
+                note=_agreement(correlations[s]) if s in correlations else None,
+            )
+        )
+    rows = []
+    ensemble, per = result["ensemble_rank"], result["backbones"]
+    for i, n in enumerate(sorted(ensemble, key=lambda m: ensemble[m]), 1):
+        b = per[n]
+        extract = "cached" if b["cache_hit"] else f"{b['extract_seconds']:.1f}"
+        rows.append(
+            [i, n, ensemble[n], f"{b['num_samples']}x{b['dim']}", extract, *([truth.get(n)] if truth else [])]
+        )
+    tables.append(
+        Table(
+            ["#", "backbone", "mean rank", "features", "extract s", *real],
+            rows,
+            title="ensemble: mean rank over the training-free scores (1 = best)",
+            formats={"mean rank": ".2f"},
+        )
+    )
+    if correlations:
+        n = int(next(iter(correlations.values())).get("n", 0))
+        rows = [
+            [s, c["kendall_tau"], c["weighted_tau"], c["top1_hit"], c["top1_regret"]]
+            for s, c in correlations.items()
+        ]
+        tables.append(
+            Table(
+                ["score", "Kendall tau", "weighted tau", "top-1 hit", "top-1 regret"],
+                rows,
+                title=f"agreement with real accuracies ({target}, {n} of {len(per)} backbones measured)",
+                formats={
+                    "Kendall tau": ".3f",
+                    "weighted tau": ".3f",
+                    "top-1 hit": ".0f",
+                    "top-1 regret": ".4f",
+                },
+                note=None
+                if n >= MIN_INFORMATIVE
+                else f"n = {n}: a rank correlation of {n} backbones is not informative",
+            )
+        )
+    return tables
+
+
+def rank_report(result: dict[str, Any]) -> Report:
+    """The report of a rank run: the method and one table per score."""
+    ds = result["dataset"]
+    report = Report(f"Transferability ranking: {ds['name']} ({result['split']}, {ds['image_size']}px)")
+    sources = sorted({str(b["source_predictions"]) for b in result["backbones"].values()})
+    sec = report.section("scores", "Scores")
+    sec.add_text(
+        "Training-free scores on frozen features (higher = more transferable); the ensemble is the mean rank "
+        f"over the scores. LEEP/NCE use {', '.join(sources)} source predictions."
+    )
+    for t in rank_tables(result):
+        sec.add_table(t)
+    return report
