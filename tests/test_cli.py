@@ -157,6 +157,24 @@ def test_missing_dataset_dir_names_path_and_fix(tmp_path, capsys):
     assert str(missing) in err and "Traceback" not in err
 
 
+def test_a_run_that_fails_before_any_result_leaves_no_folder(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert fit(tmp_path, LP, "--data.source", "imagefolder", "--data.path", str(missing), "--name", "x") == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "x").exists()  # so the next run is runs/x, not runs/x-2
+    assert fit(tmp_path, LP, "--name", "x", "--ckpt_path", "last") == 2
+    assert "no run 'runs" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert (
+        main(["test", "--config", LP, "--ckpt_path", str(tmp_path / "no.ckpt"), "--runs_dir", str(tmp_path)])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no checkpoint") and len(err.splitlines()) == 1
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
@@ -202,3 +220,88 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     assert 0.0 <= m["test"]["acc1"] <= 1.0
     ckpt = torch.load(tmp_path / "runs/ddp/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4  # 4 limited batches per process, one optimizer step each
+
+
+# every command with the fewest arguments it needs (a path that need not exist: --print_config reads nothing)
+EVERY_COMMAND = [
+    ["fit", "--config", LP],
+    ["validate", "--config", LP],
+    ["test", "--config", LP],
+    ["predict", "--config", LP],
+    ["compare"],
+    ["extract"],
+    ["rank", "--backbones", "vit-micro"],
+    ["rank", "benchmark", "--backbones", "vit-micro"],
+    ["rank", "train", "ranker"],
+    ["rank", "evaluate"],
+    ["evaluate", "--run", "runs/x"],
+    ["analyze", "features", "--run", "runs/x"],
+    ["export", "--run", "runs/x"],
+    ["serve", "--artifact", "artifact"],
+    ["data", "check", "dataset"],
+    ["data", "make-shapes", "out"],
+    ["data", "convert", "a.jsonl", "b.json"],
+    ["backbones"],
+]
+IDS = [" ".join(c[:2]) if len(c) > 1 and not c[1].startswith("-") else c[0] for c in EVERY_COMMAND]
+
+
+def _command_words(argv: list[str]) -> list[str]:
+    return argv[:2] if len(argv) > 1 and argv[0] in ("rank", "data") and argv[1] in (
+        "benchmark", "train", "evaluate", "check", "make-shapes", "convert") else argv[:1]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", EVERY_COMMAND, ids=IDS)
+def test_print_config_re_runs_with_config(argv, tmp_path, capsys):
+    """What --print_config prints is a config: given back with --config it resolves to the same job."""
+    assert main([*argv, "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    config = tmp_path / "job.yaml"
+    config.write_text(printed)
+    assert main([*_command_words(argv), "--config", str(config), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+
+
+def _options(argv: list[str]) -> list[str]:
+    """Long options of a command's parser, without the generic ones."""
+    from transferkit.cli import COMMANDS, build_command_parser, resolve_target
+
+    words = _command_words(argv)
+    target = COMMANDS[words[0]][0]
+    target = target[words[1] if len(words) > 1 else ""] if isinstance(target, dict) else target
+    parser = build_command_parser(resolve_target(target), "transferkit")
+    generic = {"--help", "--config", "--print_config"}
+    return [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o not in generic]
+
+
+@pytest.mark.parametrize("argv", EVERY_COMMAND, ids=IDS)
+def test_a_typo_is_one_line_naming_it_and_the_closest_keys(argv, capsys):
+    """No abbreviation is accepted: a prefix or a typo of a key is an error naming the nearest valid keys."""
+    if argv[0] in LIGHTNING_COMMANDS:
+        wrong, right = "--trainer.max_epoch", "--trainer.max_epochs"
+    else:
+        right = next(o for o in _options(argv) if len(o) > 8 and "." not in o)
+        wrong = right[:-1]  # a prefix: argparse would have expanded it
+    assert main([*argv, wrong, "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"unknown option '{wrong}'" in err and right in err.split("closest valid keys:")[1], err
+
+
+def test_saved_configs_re_run_after_test_and_predict(tmp_path):
+    """fit writes config.yaml (named after its run); test/predict write theirs beside it, never over it."""
+    runs = tmp_path / "runs"
+    args = [*QUIET, *MICRO, "--trainer.max_epochs", "1", "--runs_dir", str(runs), "--name", "ft"]
+    assert main(["fit", "--config", FT, *args]) == 0
+    run = runs / "ft"
+    fit_config = (run / "config.yaml").read_text()
+    assert yaml.safe_load(fit_config)["name"] == "ft"
+    best = str(run / "checkpoints" / "best.ckpt")
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", best, *QUIET]) == 0
+    assert main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", best, *QUIET]) == 0
+    assert (run / "config.yaml").read_text() == fit_config
+    assert yaml.safe_load((run / "config.test.yaml").read_text())["ckpt_path"] == best
+    assert (run / "config.predict.yaml").is_file()
+    assert main(["test", "--config", str(run / "config.test.yaml"), *QUIET]) == 0  # re-runs as saved
+    assert main(["fit", "--config", str(run / "config.yaml"), *QUIET]) == 0  # a new run of the same job
+    assert (runs / "ft-2" / "checkpoints" / "best.ckpt").is_file()

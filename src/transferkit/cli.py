@@ -114,14 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transferkit {__version__}")  # noqa: T201
         return 0
     command = argv[0]
-    try:
-        if command in LIGHTNING_COMMANDS:
-            from transferkit.lightning_cli import run_lightning
+    from transferkit.runs import discard_unused_runs_on_error
 
-            run_lightning(argv, from_sys_argv=argv == sys.argv[1:])
-            return 0
-        if command in COMMANDS:
-            return run_command(command, argv[1:])
+    try:
+        with discard_unused_runs_on_error():
+            if command in LIGHTNING_COMMANDS:
+                from transferkit.lightning_cli import run_lightning
+
+                run_lightning(argv, from_sys_argv=argv == sys.argv[1:])
+                return 0
+            if command in COMMANDS:
+                return run_command(command, argv[1:])
         raise UserError(f"unknown command '{command}'{_close(command, [*LIGHTNING_COMMANDS, *COMMANDS])}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201

@@ -46,7 +46,8 @@ class RunConfigSaver(SaveConfigCallback):
         if getattr(self, "_saved", False) or not trainer.is_global_zero:
             return
         text = self.parser.dump(self.config, skip_none=False)
-        command = None if stage == "fit" else {"validate": "validate", "test": "test"}.get(stage, stage)
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn (a str enum)
+        command = None if stage == "fit" else stage
         RunDir(Path(trainer.default_root_dir)).write_config(text, command)
         self._saved = True
 
@@ -145,9 +146,20 @@ class TransferkitCLI(LightningCLI):
             run = RunDir(runs_dir / name)
         else:
             run = RunDir.open_or_create(runs_dir, name, self.subcommand)
+        if ckpt:
+            cfg["ckpt_path"] = str(self._checkpoint_file(run, str(ckpt)))
         cfg["name"] = run.name  # the saved config names the run it belongs to
         os.environ[RUN_DIR_ENV] = str(run.path)
         return run.path
+
+    @staticmethod
+    def _checkpoint_file(run: RunDir, ckpt: str) -> Path:
+        """``best``/``last`` as the run's checkpoint file, a path as itself; either must exist (one-line error
+        naming the run's checkpoints otherwise, before anything is built)."""
+        if ckpt in ("best", "last") or Path(ckpt).expanduser().is_file():
+            return run.checkpoint(ckpt) if ckpt in ("best", "last") else Path(ckpt).expanduser()
+        run.checkpoint(ckpt)  # raises the UserError naming what the run has
+        raise AssertionError("unreachable")
 
     def before_instantiate_classes(self) -> None:
         self.run_dir = self._resolve_run_dir()

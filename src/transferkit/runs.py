@@ -34,6 +34,7 @@ from transferkit.errors import UserError
 from transferkit.utils.io import atomic_write_json, atomic_write_text
 
 _COMMAND_CONFIG: ContextVar[str | None] = ContextVar("transferkit_command_config", default=None)
+_CREATED: ContextVar[list[RunDir] | None] = ContextVar("transferkit_created_runs", default=None)
 
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -49,6 +50,23 @@ def command_config(text: str | None) -> Iterator[None]:
         yield
     finally:
         _COMMAND_CONFIG.reset(token)
+
+
+@contextmanager
+def discard_unused_runs_on_error() -> Iterator[None]:
+    """Run folders created inside the block by a command that then fails before writing any result (only
+    ``run.json`` and configs in them) are removed, so a mistyped option does not push the next run to
+    ``name-2``."""
+    created: list[RunDir] = []
+    token = _CREATED.set(created)
+    try:
+        yield
+    except BaseException:
+        for run in created:
+            run.discard_if_unused()
+        raise
+    finally:
+        _CREATED.reset(token)
 
 
 def check_run_name(name: str) -> str:
@@ -129,7 +147,23 @@ class RunDir:
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            return cls(candidate)
+            run = cls(candidate)
+            created = _CREATED.get()
+            if created is not None:
+                created.append(run)
+            return run
+
+    def discard_if_unused(self) -> bool:
+        """Remove the folder when it holds no result: nothing but ``run.json``, configs, locks and empty
+        folders. Returns whether it was removed."""
+        import shutil
+
+        keep = {RUN_MARKER, CONFIG_FILE, ".metrics.lock"}
+        for p in self.path.rglob("*"):
+            if p.is_file() and not (p.name in keep or (p.name.startswith("config.") and p.suffix == ".yaml")):
+                return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     @classmethod
     def open(cls, path: str | Path, *, require_config: bool = True) -> RunDir:

@@ -65,6 +65,12 @@ def test_evaluate_writes_metrics_plots_and_report(tiny_run, capsys):
     ):
         assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
     result = json.loads((ev / "metrics_test.json").read_text())
+    # the run's own files: metrics.json gains an evaluation section, config.evaluate.yaml re-runs it
+    summary = json.loads((tiny_run / "metrics.json").read_text())["evaluation"]["test"]
+    assert summary["accuracy"] == result["metrics"]["accuracy"] and summary["checkpoint"] == "best.ckpt"
+    assert summary["robustness"]["clean"] == result["robustness"]["clean"]
+    assert (tiny_run / "config.yaml").is_file()
+    assert yaml.safe_load((tiny_run / "config.evaluate.yaml").read_text())["severities"] == [1, 5]
     cached = np.load(ev / "predictions_test.npz")
     y, logits = cached["labels"], cached["logits"]
     assert len(y) == 360  # the whole digits test split
