@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -288,6 +289,39 @@ def test_a_typo_is_one_line_naming_it_and_the_closest_keys(argv, capsys):
     assert f"unknown option '{wrong}'" in err and right in err.split("closest valid keys:")[1], err
 
 
+def test_predict_on_a_folder_names_every_image_and_says_what_it_skipped(tmp_path, caplog):
+    """``--data.predict_path``: one row per readable image (file path, top-k), the unreadable one skipped and
+    counted, not silently misaligned."""
+    from PIL import Image
+
+    runs, folder = tmp_path / "runs", tmp_path / "new-images"
+    assert (
+        main(["fit", "--config", LP, *QUIET, *MICRO, "--trainer.max_epochs", "1", "--runs_dir", str(runs)])
+        == 0
+    )
+    files = []
+    for i in range(5):
+        files.append(folder / "sub" / f"img {i}.png")
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + i, 24), (40 * i, 10, 200)).save(files[-1])
+    (folder / "sub" / "img 2.png").write_bytes(b"not a png")  # unreadable
+    run = runs / "linear_probe"
+    args = [
+        "--config",
+        str(run / "config.yaml"),
+        "--ckpt_path",
+        "best",
+        *QUIET,
+        "--data.predict_path",
+        str(folder),
+    ]
+    assert main(["predict", *args, "--data.eval_batch_size", "2", "--data.on_corrupt", "skip"]) == 0
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert [r["path"] for r in rows] == [str(f) for i, f in enumerate(files) if i != 2]
+    assert "label" not in rows[0] and all(r["prediction"] in [str(d) for d in range(10)] for r in rows)
+    assert "1 of 5 images have no prediction" in caplog.text
+
+
 def test_saved_configs_re_run_after_test_and_predict(tmp_path):
     """fit writes config.yaml (named after its run); test/predict write theirs beside it, never over it."""
     runs = tmp_path / "runs"
@@ -302,6 +336,16 @@ def test_saved_configs_re_run_after_test_and_predict(tmp_path):
     assert (run / "config.yaml").read_text() == fit_config
     assert yaml.safe_load((run / "config.test.yaml").read_text())["ckpt_path"] == best
     assert (run / "config.predict.yaml").is_file()
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert len(rows) == 360 and rows[0]["path"] == "predict[0]"  # the digits test split, in order
+    assert {"label", "prediction", "probability", "top5", "p5"} <= set(rows[0])
+    for r in rows[:20]:
+        ps = [float(r[f"p{i}"]) for i in range(1, 6)]
+        assert (
+            r["prediction"] == r["top1"]
+            and float(r["probability"]) == ps[0]
+            and ps == sorted(ps, reverse=True)
+        )
     assert main(["test", "--config", str(run / "config.test.yaml"), *QUIET]) == 0  # re-runs as saved
     assert main(["fit", "--config", str(run / "config.yaml"), *QUIET]) == 0  # a new run of the same job
     assert (runs / "ft-2" / "checkpoints" / "best.ckpt").is_file()

@@ -97,3 +97,19 @@ def test_only_the_cli_imports_commands():
         and any(t.startswith("transferkit.commands") for t in _imports(path))
     ]
     assert offenders == []
+
+
+def test_no_module_outside_backbones_imports_an_adapter():
+    """Callers use the Backbone interface; which adapter a backbone is stays inside transferkit.backbones."""
+    adapters = (
+        "transferkit.backbones.hf_vision",
+        "transferkit.backbones.language",
+        "transferkit.backbones.timm_vision",
+    )
+    offenders = [
+        name
+        for name, path in _modules().items()
+        if not name.startswith("transferkit.backbones")
+        and any(t.startswith(adapters) for t in _imports(path))
+    ]
+    assert offenders == []

@@ -19,13 +19,16 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, _get_module_type
+from lightning.pytorch.cli import _InstantiatorFn as _LightningInstantiator
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from transferkit.errors import OneLineErrors, UserError, user_error_in
 from transferkit.runs import RunDir, check_run_name
+from transferkit.tasks.protocol import DATA_LINKS, Task, check_task
 from transferkit.utils.console import make_console
 
 log = logging.getLogger("transferkit")
@@ -50,6 +53,55 @@ class RunConfigSaver(SaveConfigCallback):
         command = None if stage == "fit" else stage
         RunDir(Path(trainer.default_root_dir)).write_config(text, command)
         self._saved = True
+
+
+class RunStartMarker(Callback):
+    """Marks the run started (``run.json``) when training, validation, testing or prediction begins; a run
+    that fails before (while building the model) leaves no folder behind."""
+
+    def _mark(self, trainer: Trainer) -> None:
+        if trainer.is_global_zero and trainer.default_root_dir:
+            RunDir(Path(trainer.default_root_dir)).mark_started()
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._mark(trainer)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._mark(trainer)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._mark(trainer)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._mark(trainer)
+
+
+class _LinkAwareInstantiator(_LightningInstantiator):
+    """Lightning's module instantiator with two fixes to how linked values reach a task.
+
+    - jsonargparse skips a link whose target the chosen class lacks (the detection task takes no
+      ``num_classes``) but still reports it as applied, and Lightning would save it into the checkpoint's
+      hyper-parameters, which then fail to load (``unexpected keyword argument``): only the linked values the
+      class takes are recorded.
+    - With ``--ckpt_path``, the checkpoint's own classes, vocabularies and sizes win over the datamodule's (a
+      predict folder knows no classes; its layers must match the checkpoint's).
+
+    Lightning has no option for either, hence the subclass.
+    """
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        prefix = f"{self.key}.init_args."
+        taken = {
+            k: v
+            for k, v in applied_instantiation_links.items()
+            if not k.startswith(prefix) or k[len(prefix) :].split(".")[0] in kwargs
+        }
+        saved = getattr(self.cli, "checkpoint_hparams", {}) if self.key == "model" else {}
+        for _, arg in DATA_LINKS:
+            if arg in kwargs and saved.get(arg) is not None and kwargs[arg] != saved[arg]:
+                log.info("%s: using the checkpoint's %s (the data's differs)", class_type.__name__, arg)
+                kwargs[arg] = taken[prefix + arg] = saved[arg]
+        return super().__call__(class_type, *args, applied_instantiation_links=taken, **kwargs)
 
 
 def run_lightning(argv: list[str], from_sys_argv: bool = False) -> Any:
@@ -113,6 +165,21 @@ class TransferkitCLI(LightningCLI):
             default=False,
             help="check the config, data and model (one forward pass on one batch) without training",
         )
+        # what the datamodule knows reaches the task's init arguments when both are built; a task without the
+        # argument (or a datamodule without the attribute) skips the link
+        for attr, arg in DATA_LINKS:
+            parser.link_arguments(f"data.{attr}", f"model.init_args.{arg}", apply_on="instantiate")
+        # a grounding datamodule tokenizes with the processor of the task's model
+        parser.link_arguments("model.init_args.model_path", "data.init_args.processor_path", apply_on="parse")
+
+    def _add_instantiators(self) -> None:
+        for key, cls, subclasses in (
+            ("model", self._model_class, self.subclass_mode_model),
+            ("data", self._datamodule_class, self.subclass_mode_data),
+        ):
+            self.parser.add_instantiator(
+                _LinkAwareInstantiator(cli=self, key=key), _get_module_type(cls), subclasses=subclasses
+            )
 
     # ------------------------------------------------------------------ run directory
     def _sub(self) -> Any:
@@ -161,8 +228,34 @@ class TransferkitCLI(LightningCLI):
         run.checkpoint(ckpt)  # raises the UserError naming what the run has
         raise AssertionError("unreachable")
 
-    def before_instantiate_classes(self) -> None:
+    def _parse_ckpt_path(self) -> None:
+        """Resolve the run folder and ``--ckpt_path`` (``best``/``last`` become the run's files) first, then as
+        Lightning does: the checkpoint's hyper-parameters update the model config (also kept in
+        ``checkpoint_hparams``, see :class:`_LinkAwareInstantiator`). The checkpoint is memory-mapped: only
+        its hyper-parameters are read."""
+        self.subcommand = self.config["subcommand"]  # Lightning sets it only after this hook
+        check_trainer_values(self._get(self.config, "trainer", default={}) or {})
         self.run_dir = self._resolve_run_dir()
+        self.checkpoint_hparams: dict[str, Any] = {}
+        ckpt = self._sub().get("ckpt_path")
+        if not ckpt or not Path(ckpt).is_file():
+            return
+        hparams = torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True).get(
+            "hyper_parameters", {}
+        )
+        hparams = dict(hparams)
+        hparams.pop("_instantiator", None)
+        self.checkpoint_hparams = dict(hparams)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({self.subcommand: {"model": hparams}}, self.config)
+
+    @property
+    def task(self) -> Task:
+        """The model, checked against the :class:`~transferkit.tasks.protocol.Task` contract."""
+        return check_task(self.model)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         assert self.run_dir is not None
@@ -172,6 +265,7 @@ class TransferkitCLI(LightningCLI):
             config.update(logger=False, enable_checkpointing=False)
         else:
             config["default_root_dir"] = str(self.run_dir)
+            extra.append(RunStartMarker())
             if config.get("logger") in (None, True):
                 # one version folder per attempt, so a resumed run never overwrites the earlier logs
                 log_dir = self.run_dir / "log"
@@ -183,7 +277,7 @@ class TransferkitCLI(LightningCLI):
             callbacks = config.get("callbacks") or []
             has_ckpt = any(isinstance(c, ModelCheckpoint) for c in callbacks)
             if config.get("enable_checkpointing", True) is not False and not has_ckpt:
-                monitor, mode = getattr(self.model, "checkpoint_monitor", (None, "min"))
+                monitor, mode = self.task.checkpoint_monitor
                 ckpt_dir = str(self.run_dir / "checkpoints")
                 # best.ckpt by the task's metric; last.ckpt after every epoch (Lightning's save_last only
                 # refreshes it when a top-k checkpoint was saved, which would make resuming lose epochs)
@@ -200,7 +294,11 @@ class TransferkitCLI(LightningCLI):
                         ckpt_dir, "last", monitor=None, save_top_k=1, enable_version_counter=False
                     ),
                 ]
-        return self._instantiate_trainer(config, extra)
+        self.task  # noqa: B018  (a model that is no transferkit task is one line, before the trainer is built)
+        try:
+            return self._instantiate_trainer(config, extra)
+        except (MisconfigurationException, ValueError) as e:  # Lightning's own checks of trainer values
+            raise UserError(f"trainer: {str(e).splitlines()[0]}") from None
 
     # ------------------------------------------------------------------ subcommands
     def _run_subcommand(self, subcommand: str) -> None:
@@ -216,21 +314,12 @@ class TransferkitCLI(LightningCLI):
             raise UserError("--validate_only needs a datamodule in the config (the 'data' section)")
         dm.prepare_data()
         dm.setup("fit")
-        if hasattr(model, "bind_datamodule"):  # before the loader: a task may hand the data its tokenizer
-            model.bind_datamodule(dm)
         batch = next(iter(dm.train_dataloader()))
+        task = self.task
         model.configure_model()
         model.eval()
         with torch.no_grad():
-            if hasattr(model, "dry_run_step"):  # tasks whose batches are not images describe their own step
-                step = model.dry_run_step(batch)
-            else:
-                images = batch[0] if isinstance(batch, list | tuple) else batch
-                out = model(images[:2])
-                step = {
-                    "batch_images": list(images.shape),
-                    "output": list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__,
-                }
+            step = task.dry_run_step(batch)
         summary = {
             "model": type(model).__name__,
             "data": type(dm).__name__,
@@ -273,10 +362,9 @@ class TransferkitCLI(LightningCLI):
     def write_metrics(self, **extra: Any) -> None:
         if not self.trainer.is_global_zero:
             return
-        final = getattr(self.model, "final_metrics", {}) or {}
-        metrics: dict[str, Any] = dict(final)
-        if hasattr(self.model, "describe"):
-            metrics.update(self.model.describe())
+        task = self.task
+        final = task.final_metrics
+        metrics: dict[str, Any] = {**final, **task.describe()}
         metrics.update(
             run=self.run_dir.name,
             command=self.subcommand,
@@ -290,3 +378,28 @@ class TransferkitCLI(LightningCLI):
             if split in final:
                 log.info("%s: %s", split, {k: v for k, v in final[split].items() if not isinstance(v, dict)})
         log.info("wrote %s", self.run_dir / "metrics.json")
+
+
+#: trainer values Lightning accepts but that cannot mean anything: key -> (check, allowed range)
+_TRAINER_RANGES: dict[str, tuple[Any, str]] = {
+    "max_epochs": (lambda v: v >= -1, "an integer >= -1 (-1: no limit)"),
+    "min_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "max_steps": (lambda v: v >= -1, "an integer >= -1 (-1: no limit)"),
+    "min_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "accumulate_grad_batches": (lambda v: v >= 1, "an integer >= 1"),
+    "gradient_clip_val": (lambda v: v >= 0, "a number >= 0"),
+    "log_every_n_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "check_val_every_n_epoch": (lambda v: v >= 1, "an integer >= 1"),
+    "val_check_interval": (lambda v: v > 0, "a number > 0 (a fraction of an epoch, or batches)"),
+    "num_sanity_val_steps": (lambda v: v >= -1, "an integer >= -1"),
+}
+
+
+def check_trainer_values(trainer: Any) -> None:
+    """One line naming ``trainer.<key>`` and its allowed range for a value out of range (before anything is built)."""
+    for key, (ok, allowed) in _TRAINER_RANGES.items():
+        value = trainer.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not ok(value):
+            raise UserError(f"trainer.{key} must be {allowed}, got {value}")

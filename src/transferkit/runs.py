@@ -153,13 +153,25 @@ class RunDir:
                 created.append(run)
             return run
 
+    def mark_started(self) -> None:
+        """Record in ``run.json`` that the work began (training, evaluation or prediction started)."""
+        marker = self.marker()
+        if "started" not in marker:
+            atomic_write_json(
+                self.path / RUN_MARKER, {**marker, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            )
+
     def discard_if_unused(self) -> bool:
         """Remove the folder when it holds no result: nothing but ``run.json``, configs, locks and empty
-        folders. Returns whether it was removed."""
+        folders, plus logger files when the work never started (a trainer that failed while building the
+        model). Returns whether it was removed."""
         import shutil
 
         keep = {RUN_MARKER, CONFIG_FILE, ".metrics.lock"}
+        started = "started" in self.marker()
         for p in self.path.rglob("*"):
+            if not started and p.relative_to(self.path).parts[0] == "log":
+                continue
             if p.is_file() and not (p.name in keep or (p.name.startswith("config.") and p.suffix == ".yaml")):
                 return False
         shutil.rmtree(self.path, ignore_errors=True)
@@ -339,18 +351,6 @@ class LoadedRun:
         return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def resolve_device(device: str = "auto") -> Any:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
-
-
 def load_run(run_dir: str | Path, ckpt_path: str = "best", device: str = "cpu") -> LoadedRun:
     """Open ``run_dir`` and load its task module from ``ckpt_path`` (``best``, ``last`` or a path).
 
@@ -390,6 +390,8 @@ def load_run(run_dir: str | Path, ckpt_path: str = "best", device: str = "cpu") 
     if isinstance(hp.get("backbone"), dict) and hp["backbone"].get("pretrained"):
         overrides["backbone"] = {**hp["backbone"], "pretrained": False}
     model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, **overrides)
+    from transferkit.utils.devices import resolve_device
+
     model.eval().to(resolve_device(device))
     return LoadedRun(run, ckpt, model, config, dict(hp))
 

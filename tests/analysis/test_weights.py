@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from transferkit.analysis.common import block_modules, sample_indices
+from transferkit.analysis.common import sample_indices
 from transferkit.analysis.weights import matrix_stats
 from transferkit.backbones import build_backbone
 
@@ -23,10 +23,10 @@ def test_matrix_stats_match_numpy():
 
 def test_block_modules_follow_layer_groups():
     vit = build_backbone("vit-micro", image_size=32)
-    assert [n for n, _ in block_modules(vit)] == [f"model.blocks.{i}" for i in range(6)]
+    assert [n for n, _ in vit.named_blocks()] == [f"model.blocks.{i}" for i in range(6)]
     gpt = build_backbone("gpt2-tiny", image_size=32, patch_size=8)
-    assert [n for n, _ in block_modules(gpt)] == ["lm.h.0", "lm.h.1"]
-    assert len(block_modules(build_backbone("convnet-micro", image_size=32))) == 4
+    assert [n for n, _ in gpt.named_blocks()] == ["lm.h.0", "lm.h.1"]
+    assert len(build_backbone("convnet-micro", image_size=32).named_blocks()) == 4
 
 
 def test_sample_indices_cover_every_class():

@@ -192,9 +192,14 @@ def test_options(tmp_path, caplog):
         build_backbone(str(tmp_path), image_size=32, not_an_option=1)
     with pytest.raises(UserError, match="pooling"):
         build_backbone("siglip-tiny", image_size=32, pooling="cls")  # SigLIP has no CLS token
-    with caplog.at_level(logging.WARNING, logger="transferkit"):
-        build_backbone("clip-vit-tiny", image_size=32, drop_path_rate=0.1, patch_size=4)
-    assert "drop_path_rate" in caplog.text and "patch_size" in caplog.text
+    # options of other families are an error naming the option, never a silent "ignoring"
+    for option, message in (
+        ({"patch_size": 4}, "patch_size applies to language-model backbones"),
+        ({"keep_position_embeddings": False}, "keep_position_embeddings applies to language-model"),
+        ({"drop_path_rate": 0.1}, "no stochastic depth: remove model.backbone.drop_path_rate"),
+    ):
+        with pytest.raises(UserError, match=message):
+            build_backbone("clip-vit-tiny", image_size=32, **option)
 
 
 @pytest.mark.parametrize(

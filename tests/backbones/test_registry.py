@@ -141,6 +141,8 @@ def test_backbone_contract(name, tmp_path):
         torch.testing.assert_close(grads_ckpt[n], grads[n], rtol=1e-4, atol=1e-6, msg=n)
     twin.set_grad_checkpointing(False)
 
+    _check_interface(bb, x, tokens)
+
     info = bb.info()
     assert info.num_params == sum(p.numel() for p in params.values()) > 0
     assert (info.embed_dim, info.patch_size, info.num_prefix_tokens) == (
@@ -149,6 +151,49 @@ def test_backbone_contract(name, tmp_path):
         bb.num_prefix_tokens,
     )
     assert math.isclose(sum(info.std), sum(bb.std))
+
+
+def _check_interface(bb: Backbone, x: torch.Tensor, tokens: torch.Tensor) -> None:
+    """The members callers use instead of inspecting the adapter: modality, wrapped model, blocks, the input-size
+    check, attention maps, the source head, the HF config, the freeze rule."""
+    assert bb.modality in ("vision", "language", "vision-language")
+    wrapped = bb.wrapped
+    assert isinstance(wrapped, torch.nn.Module)
+    assert any(m is wrapped for m in bb.children())  # the adapter's own child, under one name
+    names = [n for n, _ in bb.named_blocks()]
+    assert len(names) == bb.num_blocks
+    groups = bb.layer_groups()
+    for (name, module), group in zip(bb.named_blocks(), groups[1:-1]):
+        assert {f"{name}.{n}" for n, _ in module.named_parameters()} >= set(group), name
+    assert bb.check_input_size(IMAGE_SIZE) == IMAGE_SIZE
+    with pytest.raises(UserError, match="smaller than the patch size"):
+        bb.check_input_size(bb.patch_size - 1)
+    if bb.needs_patch_multiple:
+        with pytest.raises(UserError, match="not a multiple of the patch size"):
+            bb.check_input_size(IMAGE_SIZE + 1)
+    try:
+        maps = bb.attention_maps(x)
+    except UserError as e:  # a CNN: says so, and where to look instead
+        assert "no attention maps" in str(e)
+        assert not bb.needs_patch_multiple or bb.modality != "language"
+    else:
+        assert len(maps) == bb.num_blocks
+        for a in maps:
+            assert a.ndim == 4 and a.shape[0] == 2 and a.shape[-1] == a.shape[-2] == tokens.shape[1]
+            torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)), rtol=1e-4, atol=1e-4)
+    assert bb.source_head() is None or callable(bb.source_head())
+    assert bb.hf_config() is None or hasattr(bb.hf_config(), "save_pretrained")
+    # the one freeze rule: embedding + first block frozen, new (randomly made) parameters never
+    frozen = bb.frozen_names(1)
+    assert frozen == (set(groups[0]) | set(groups[1])) - bb.new_parameter_names()
+    assert bb.frozen_names(None, include_new=True) == {n for n, _ in bb.named_parameters()}
+    with pytest.raises(UserError, match="freeze_blocks="):
+        bb.frozen_names(bb.num_blocks + 1)
+    fixed = {n for n, p in bb.named_parameters() if not p.requires_grad}
+    bb.set_trainable(frozen)
+    assert {n for n, p in bb.named_parameters() if not p.requires_grad} == frozen | fixed
+    bb.set_trainable(set())
+    assert {n for n, p in bb.named_parameters() if not p.requires_grad} == fixed  # the adapter's own stay
 
 
 @pytest.mark.parametrize("name", HUB_ONLY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import timm
 import torch
@@ -10,7 +11,7 @@ from safetensors.torch import save_file
 from timm.models import group_parameters
 
 from transferkit.backbones import build_backbone
-from transferkit.backbones.timm_vision import TimmBackbone, build_timm
+from transferkit.backbones.timm_vision import TimmBackbone, build_timm, timm_source_head
 from transferkit.errors import UnknownBackboneError, UserError
 
 
@@ -178,3 +179,35 @@ def test_grad_checkpointing_recomputes_blocks(name):
     calls.clear()
     bb.forward_features(_images()).sum().backward()
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs,size",
+    [
+        ("test_vit", {}, 64),  # ViT, class-token pooling
+        ("test_vit", {"global_pool": "avg"}, 64),  # ViT, mean pooling + fc_norm
+        ("test_resnet", {}, 64),  # CNN, global average pooling
+    ],
+)
+def test_timm_head_on_cached_pooled_features_equals_the_full_model(arch, kwargs, size):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=7, **kwargs).eval()
+    x = torch.rand(5, 3, size, size)
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1).numpy()
+        tokens = model.forward_features(x)
+    head = timm_source_head(model, tokens.ndim)
+    assert head is not None and head.num_classes == 7
+    if tokens.ndim == 3:
+        pooled = tokens[:, 0] if head.pooling == "cls" else tokens[:, model.num_prefix_tokens :].mean(1)
+    else:
+        assert head.pooling == "mean"
+        pooled = tokens.flatten(2).mean(2)
+    np.testing.assert_allclose(head(pooled.numpy()), expected, atol=1e-5)
+
+
+def test_no_head_for_headless_or_random_models():
+    model = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    assert timm_source_head(model, 3) is None
+    bb = build_backbone("vit-micro", image_size=32)  # random init: its head would be meaningless
+    assert bb.source_head() is None

@@ -33,7 +33,9 @@ def artifact(tmp_path_factory):
     torch.manual_seed(0)
     module = ImageClassifier(
         backbone={"name": "vit-micro", "pretrained": False}, num_classes=10, image_size=32
-    ).eval()
+    )
+    module.configure_model()
+    module.eval()
     tmp = tmp_path_factory.mktemp("serve")
     config = {"model": {"class_path": "transferkit.tasks.ImageClassifier"}, "data": DIGITS_DATA}
     loaded = LoadedRun(RunDir(tmp), tmp / "none.ckpt", module, config)

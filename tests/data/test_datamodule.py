@@ -186,9 +186,9 @@ def test_skip_mode_drops_corrupt_image_from_batch(tmp_path, caplog):
 
 
 def test_bad_options_raise_user_errors(tmp_path):
-    with pytest.raises(UserError, match="unknown data source 'imagenet'"):
+    with pytest.raises(UserError, match="unknown data.source 'imagenet'"):
         ImageClassificationDataModule("imagenet")
-    with pytest.raises(UserError, match="unknown augment 'heavy'"):
+    with pytest.raises(UserError, match="unknown data.augment 'heavy'"):
         ImageClassificationDataModule(augment="heavy")
     with pytest.raises(UserError, match="on_corrupt"):
         ImageClassificationDataModule(on_corrupt="ignore")

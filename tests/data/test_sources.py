@@ -300,7 +300,7 @@ def test_cifar_from_disk_format(tmp_path, monkeypatch):
 
 
 def test_build_source_rejects_bad_options(tmp_path):
-    with pytest.raises(UserError, match="unknown data source 'mnist'.*digits"):
+    with pytest.raises(UserError, match="unknown data.source 'mnist'.*digits"):
         build_source("mnist")
     with pytest.raises(UserError, match="needs path"):
         build_source("imagefolder")

@@ -124,9 +124,11 @@ def test_onnx_parity_across_backbone_families(backbone, tmp_path):
     """A language model and an HF vision tower export with a dynamic batch and match eager (the other
     families, bert/minilm, clip, siglip, dinov3, qwen, convnet, export the same way: see docs/deploy.md)."""
     torch.manual_seed(0)
+    patch = {"patch_size": 8} if backbone == "gpt2-tiny" else {}  # the language model's own option
     module = ImageClassifier(
-        backbone={"name": backbone, "pretrained": False, "patch_size": 8}, num_classes=10, image_size=32
+        backbone={"name": backbone, "pretrained": False, **patch}, num_classes=10, image_size=32
     )
+    module.configure_model()
     res = export_run(None, tmp_path / "onnx", "onnx", loaded=_loaded(module, tmp_path))
     assert res.passed, res.metadata.parity
     assert res.metadata.parity["max_abs_diff"] < 1e-4
@@ -141,6 +143,7 @@ def test_hf_export_of_hugging_face_backbones_rebuilds_offline(backbone, tmp_path
     module = ImageClassifier(
         backbone={"name": backbone, "pretrained": False, "patch_size": 8}, num_classes=10, image_size=32
     )
+    module.configure_model()
     res = export_run(None, tmp_path / "hf", "hf", loaded=_loaded(module, tmp_path))
     assert res.passed
     assert (tmp_path / "hf" / "backbone" / "config.json").is_file()

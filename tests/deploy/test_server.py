@@ -289,7 +289,9 @@ def test_detection_artifact_serves_boxes_in_image_pixels(tmp_path):
         class_names=["circle", "square"],
         desc_vocab=["red circle", "blue square"],
         image_size=32,
-    ).eval()
+    )
+    task.configure_model()
+    task.eval()
     cls = "transferkit.tasks.detection.DetectionTask"
     loaded = LoadedRun(RunDir(tmp_path), tmp_path / "none.ckpt", task, {"model": {"class_path": cls}})
     res = export_run(None, tmp_path / "ts", "torchscript", loaded=loaded)

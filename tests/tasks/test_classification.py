@@ -11,9 +11,11 @@ from transferkit.tasks.classification import ImageClassifier, LoraOptions, Regul
 
 
 def make(adaptation="finetune", name="vit-micro", **kw) -> ImageClassifier:
-    return ImageClassifier(
+    m = ImageClassifier(
         backbone=BackboneConfig(name=name), adaptation=adaptation, num_classes=4, image_size=32, **kw
     )
+    m.configure_model()
+    return m
 
 
 def trainable(m: ImageClassifier) -> set[str]:

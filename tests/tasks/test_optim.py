@@ -19,7 +19,6 @@ from transferkit.tasks.optim import (
     layer_ids,
     resolve_optim_config,
     scaled_lr,
-    warmup_cosine,
 )
 
 
@@ -152,14 +151,31 @@ def test_optimizers_step_and_keep_group_lrs(name):
         create_optimizer(groups, OptimConfig(name="nope"))
 
 
-def test_warmup_cosine_schedule():
-    f = [warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.0, cosine=True) for s in range(111)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert (
-        f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[110] == pytest.approx(0.0, abs=1e-9)
-    )
+@pytest.mark.parametrize("min_lr", [0.0, 0.1])
+def test_warmup_cosine_schedule(min_lr):
+    """Linear warmup over warmup_epochs, then cosine to min_lr x peak (transformers' schedule)."""
+    w = nn.Linear(2, 2)
+    opt = torch.optim.SGD(w.parameters(), lr=1.0)
+    cfg = resolve_optim_config(OptimConfig(warmup_epochs=1.0, min_lr=min_lr), "finetune")
+    sched = create_scheduler(opt, cfg, total_steps=110, steps_per_epoch=10)
+    f = []
+    for _ in range(111):
+        f.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert f[0] == 0.0 and f[5] == pytest.approx(0.5) and f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(min_lr + (1 - min_lr) * 0.5) and f[110] == pytest.approx(min_lr, abs=1e-9)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
-    # the scheduler keeps layer-decay ratios between groups
+    const = create_scheduler(
+        torch.optim.SGD(w.parameters(), lr=1.0),
+        OptimConfig(scheduler="constant", warmup_epochs=0),
+        total_steps=5,
+        steps_per_epoch=5,
+    )
+    assert const.get_last_lr() == [1.0]
+
+
+def test_schedule_keeps_layer_decay_ratios():
     bb, head = TinyViT(), ClassificationHead(8, 3)
     cfg = resolve_optim_config(OptimConfig(warmup_epochs=1.0), "finetune")
     groups = build_param_groups(bb, head, lr=1.0, weight_decay=0.0, layer_decay=0.5)

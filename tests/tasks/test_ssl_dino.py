@@ -69,6 +69,7 @@ def test_teacher_is_an_ema_of_the_student():
         image_size=32,
         crop_sizes=[32, 32],
     )
+    model.configure_model()
     with torch.no_grad():
         for p in model.student.parameters():
             p.add_(1.0)

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_processor(tiny_vlm_dir):
-    from transferkit.backbones.vlm import load_processor
+    from transferkit.vlm.model import load_processor
 
     return load_processor(str(tiny_vlm_dir))
 

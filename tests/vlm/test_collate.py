@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from transferkit.backbones.vlm import load_vlm
 from transferkit.vlm.chat import IGNORE_INDEX, Turn, encode_chat
 from transferkit.vlm.collate import left_pad_prompts, pack_collate, packed_position_ids, pad_collate
+from transferkit.vlm.model import load_vlm
 
 
 @pytest.fixture(scope="module")

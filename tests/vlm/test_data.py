@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from transferkit.backbones.vlm import load_processor
 from transferkit.data.grounding import read_grounding_jsonl, write_grounding_jsonl
 from transferkit.errors import DatasetError, UserError
 from transferkit.vlm.chat import IGNORE_INDEX, resized_size
 from transferkit.vlm.data import VLMGroundingDataModule
+from transferkit.vlm.model import load_processor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import json
 import torch
 from PIL import Image
 
-from transferkit.backbones.vlm import load_vlm, resolve_model_path
+from transferkit.vlm.model import load_vlm, resolve_model_path
 from transferkit.vlm.tiny import QWEN_SPECIAL_TOKENS, TINY_NAME, ensure_tiny_qwen2_5_vl
 
 

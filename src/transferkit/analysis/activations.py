@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.analysis.common import (
-    block_modules,
     finish,
     first_tensor,
     load_images,
@@ -78,7 +77,7 @@ def analyze_activations(
     """Activation and gradient statistics per block of ``run`` (see the module docstring)."""
     model = run.model
     backbone = model.backbone
-    blocks = block_modules(backbone)
+    blocks = backbone.named_blocks()
     images, labels = load_images(run, split, max_images, seed)
     device = model_device(model)
     outputs: dict[int, torch.Tensor] = {}

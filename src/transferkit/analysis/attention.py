@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from transferkit.analysis.common import finish, load_images, model_device, output_dir
 from transferkit.backbones.base import Backbone
@@ -36,78 +35,13 @@ from transferkit.runs import LoadedRun
 MAX_HEADS_SHOWN = 4
 
 
-def _timm_attentions(backbone: Backbone, images: torch.Tensor) -> list[torch.Tensor]:
-    modules = [
-        m
-        for m in backbone.model.modules()
-        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Dropout)
-    ]
-    if not modules:
-        raise UserError(
-            f"timm model '{backbone.name}' has no attention layers with an explicit softmax to read"
-        )
-    captured: list[torch.Tensor] = []
-    saved = [m.fused_attn for m in modules]
-    hooks = [
-        m.attn_drop.register_forward_hook(lambda mod, args, out: captured.append(args[0].detach()))
-        for m in modules
-    ]
-    try:
-        for m in modules:
-            m.fused_attn = False
-        backbone.forward_features(images)
-    finally:
-        for m, f in zip(modules, saved):
-            m.fused_attn = f
-        for h in hooks:
-            h.remove()
-    return captured
-
-
-def _hf_attentions(backbone: Backbone, images: torch.Tensor) -> list[torch.Tensor]:
-    from transferkit.backbones.hf_vision import HFVisionBackbone
-    from transferkit.backbones.language import LanguageBackbone
-
-    inner = backbone.lm if isinstance(backbone, LanguageBackbone) else backbone.model
-    previous = inner.config._attn_implementation
-    if previous != "eager":
-        inner.set_attn_implementation("eager")
-    try:
-        x = backbone.normalize(images)
-        if isinstance(backbone, LanguageBackbone):
-            embeds, kwargs = backbone._embed(x)
-            out = inner(inputs_embeds=embeds, output_attentions=True, **kwargs)
-        else:
-            assert isinstance(backbone, HFVisionBackbone)
-            out = inner(pixel_values=x, output_attentions=True, **backbone._forward_kwargs)
-    finally:
-        if previous != "eager":
-            inner.set_attn_implementation(previous)
-    if not getattr(out, "attentions", None):
-        raise UserError(f"'{backbone.name}' returned no attention maps (output_attentions is not supported)")
-    return [a.detach().float() for a in out.attentions]
-
-
 @torch.no_grad()
 def attention_maps(backbone: Backbone, images: torch.Tensor) -> list[torch.Tensor]:
-    """Attention probabilities of every block: list of (B, heads, N, N), rows summing to 1.
+    """Attention probabilities of every block (:meth:`Backbone.attention_maps`): list of (B, heads, N, N).
 
     ``images`` (B, 3, H, W) in [0, 1]. Raises :class:`UserError` for backbones without attention (CNNs).
     """
-    from transferkit.backbones.hf_vision import HFVisionBackbone
-    from transferkit.backbones.language import LanguageBackbone
-    from transferkit.backbones.timm_vision import TimmBackbone
-
-    if isinstance(backbone, TimmBackbone) and backbone.feature_ndim == 3:
-        return _timm_attentions(backbone, images)
-    if isinstance(backbone, LanguageBackbone) or (
-        isinstance(backbone, HFVisionBackbone) and not backbone.spec.convnext
-    ):
-        return _hf_attentions(backbone, images)
-    raise UserError(
-        f"'{backbone.name}' is a convolutional backbone ({backbone.family}): it has no attention maps; use "
-        "`transferkit analyze activations` for per-layer activations instead"
-    )
+    return backbone.attention_maps(images)
 
 
 def query_index(backbone: Backbone) -> int | None:

@@ -106,27 +106,6 @@ def canonical_name(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def block_modules(backbone: Backbone) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of each block in ``layer_groups()`` order: the deepest module containing all of the
-    group's parameters (e.g. ``model.blocks.3``, ``lm.encoder.layer.1``, a CNN stage)."""
-    out = []
-    groups = backbone.layer_groups()[1:-1]
-    for gi, names in enumerate(groups):
-        if not names:
-            continue
-        parts = [n.split(".")[:-1] for n in names]
-        common: list[str] = []
-        for level in zip(*parts):
-            if len(set(level)) != 1:
-                break
-            common.append(level[0])
-        name = ".".join(common)
-        if not name:
-            raise UserError(f"cannot locate block {gi} of '{backbone.name}' (its parameters share no module)")
-        out.append((name, backbone.get_submodule(name)))
-    return out
-
-
 def first_tensor(output: Any) -> torch.Tensor | None:
     """The hidden-state tensor of a block's output (HF blocks return tuples)."""
     if isinstance(output, torch.Tensor):

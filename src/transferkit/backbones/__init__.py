@@ -5,6 +5,8 @@ Importing the package registers every adapter's backbones (:mod:`transferkit.bac
 
 from transferkit.backbones.base import Backbone, BackboneInfo
 from transferkit.backbones.build import (
+    backbone_family,
+    backbone_options,
     build_backbone,
     build_backbone_from_config,
     registered_backbones,
@@ -12,15 +14,19 @@ from transferkit.backbones.build import (
     seeded,
 )
 from transferkit.backbones.registry import BackboneConfig, register_backbone
+from transferkit.backbones.saved import save_backbone
 
 __all__ = [
     "Backbone",
     "BackboneConfig",
     "BackboneInfo",
+    "backbone_family",
+    "backbone_options",
     "build_backbone",
     "build_backbone_from_config",
     "register_backbone",
     "registered_backbones",
     "resolve_backbone",
+    "save_backbone",
     "seeded",
 ]

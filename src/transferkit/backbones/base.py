@@ -12,8 +12,9 @@ own mean/std, so data pipelines never need to know which backbone they feed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +57,10 @@ class Backbone(nn.Module):
     """
 
     family: str = "generic"
+    #: ``vision``, ``language`` or ``vision-language`` (a CLIP/SigLIP image tower)
+    modality: str = "vision"
+    #: the input side must be a multiple of ``patch_size`` (patch-token models); CNNs take any size >= it
+    needs_patch_multiple: bool = True
     #: Module-name suffixes LoRA targets by default (peft ``target_modules``).
     lora_target_modules: Sequence[str] = ()
     #: Whether ``_forward_intermediates`` uses the last ``num_blocks`` blocks.
@@ -117,6 +122,107 @@ class Backbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory by recomputing block activations in backward."""
         raise UserError(f"backbone '{self.name}' does not support gradient checkpointing")
+
+    @property
+    def wrapped(self) -> nn.Module:
+        """The model the adapter wraps (a timm model, a transformers vision model or language model)."""
+        raise NotImplementedError
+
+    def hf_config(self) -> object | None:
+        """The wrapped model's transformers config (to rebuild the architecture offline), or None."""
+        config = getattr(self.wrapped, "config", None)
+        return config if hasattr(config, "save_pretrained") else None
+
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every block, a list of ``(B, heads, N, N)`` with rows summing to 1, for
+        ``images (B, 3, H, W)`` in ``[0, 1]``. A backbone without attention (a CNN) raises :class:`UserError`."""
+        raise UserError(
+            f"'{self.name}' is a convolutional backbone ({self.family}): it has no attention maps; use "
+            "`transferkit analyze activations` for per-layer activations instead"
+        )
+
+    def source_head(self) -> object | None:
+        """The pretrained classifier of the source task (LEEP/NCE's source predictions): a callable on pooled
+        features ``(N, D)`` returning probabilities ``(N, C_source)`` with its ``pooling``; None when the
+        backbone has none (self-supervised, language models, random inits)."""
+        return None
+
+    def check_input_size(self, size: int) -> int:
+        """``size`` if square images of that side can enter; a one-line error naming the sizes that can."""
+        size = int(size)
+        if size < self.patch_size:
+            raise UserError(
+                f"image size {size} is smaller than the patch size {self.patch_size} of backbone '{self.name}'; "
+                f"use at least {self.patch_size} (data.image_size)"
+            )
+        if self.needs_patch_multiple and size % self.patch_size:
+            lo = size // self.patch_size * self.patch_size
+            raise UserError(
+                f"image size {size} is not a multiple of the patch size {self.patch_size} of backbone "
+                f"'{self.name}'; use {lo} or {lo + self.patch_size} (data.image_size)"
+            )
+        return size
+
+    def named_blocks(self) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` of each block in ``layer_groups()`` order: the deepest module holding all of the
+        block's parameters (e.g. ``model.blocks.3``, ``lm.encoder.layer.1``, a CNN stage)."""
+        out = []
+        for gi, names in enumerate(self.layer_groups()[1:-1]):
+            if not names:
+                continue
+            parts = [n.split(".")[:-1] for n in names]
+            common: list[str] = []
+            for level in zip(*parts):
+                if len(set(level)) != 1:
+                    break
+                common.append(level[0])
+            name = ".".join(common)
+            if not name:
+                raise UserError(f"cannot locate block {gi} of '{self.name}' (its parameters share no module)")
+            out.append((name, self.get_submodule(name)))
+        return out
+
+    # ------------------------------------------------------------------ freezing (the one rule)
+    def frozen_names(self, blocks: int | None = None, *, include_new: bool = False) -> set[str]:
+        """Parameter names frozen by "freeze the input embedding and the first ``blocks`` blocks" (None: the
+        whole backbone). Parameters the adapter made fresh (``new_parameter_names``, e.g. a language model's
+        PatchEmbed) stay trainable unless ``include_new`` (a linear probe freezes them too)."""
+        groups = self.layer_groups()
+        if blocks is None:
+            names = {n for n, _ in self.named_parameters()}
+        else:
+            if not 0 <= int(blocks) <= len(groups) - 2:
+                raise UserError(
+                    f"freeze_blocks={blocks} but backbone '{self.name}' has {len(groups) - 2} blocks; use 0 to "
+                    f"{len(groups) - 2}"
+                )
+            names = {n for g in groups[: int(blocks) + 1] for n in g} if blocks else set()
+        return names if include_new else names - self.new_parameter_names()
+
+    def gradient_free_names(self) -> set[str]:
+        """Frozen parameters no gradient passes through: those of the layer groups before the first group
+        with a trainable parameter (all of them when nothing trains). Frozen blocks after a trainable one
+        (LoRA, a language model's new PatchEmbed under freeze_blocks) still pass gradients and are excluded."""
+        params = dict(self.named_parameters())
+        out: set[str] = set()
+        for group in self.layer_groups():
+            if any(params[n].requires_grad for n in group if n in params):
+                return out
+            out |= {n for n in group if n in params}
+        return out
+
+    def fixed_parameter_names(self) -> set[str]:
+        """Parameters the adapter keeps fixed itself (unused vocabulary embeddings, unused heads): those that
+        do not require grad when first asked (the builder asks right after construction)."""
+        if not hasattr(self, "_fixed_names"):
+            self._fixed_names = {n for n, p in self.named_parameters() if not p.requires_grad}
+        return self._fixed_names
+
+    def set_trainable(self, frozen: Iterable[str]) -> None:
+        """``requires_grad`` = not in ``frozen`` and not :meth:`fixed_parameter_names`."""
+        fixed, frozen = self.fixed_parameter_names(), set(frozen)
+        for n, p in self.named_parameters():
+            p.requires_grad_(n not in frozen and n not in fixed)
 
     # ------------------------------------------------------------------ shared behaviour
     @property
@@ -187,6 +293,7 @@ class Backbone(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def info(self) -> BackboneInfo:
+        """Static facts; ``extra`` holds the modality and the adapter's own facts."""
         return BackboneInfo(
             name=self.name,
             family=self.family,
@@ -200,6 +307,7 @@ class Backbone(nn.Module):
             std=self.std,
             num_params=self.num_params(),
             source=self.source,
+            extra={"modality": self.modality},
         )
 
 
@@ -221,3 +329,36 @@ def groups_from_patterns(names: Iterable[str], stem: str, block: str, num_blocks
         else:
             groups[-1].append(n)
     return groups
+
+
+def check_vision_options(where: str, patch_size: int | None, keep_position_embeddings: bool) -> None:
+    """A vision backbone has its own patch size and position embeddings: the language-model options are an
+    error naming the option (not a silent "ignoring")."""
+    if patch_size is not None:
+        raise UserError(
+            f"model.backbone.patch_size applies to language-model backbones; '{where}' is a vision backbone with "
+            "its own patch size: remove patch_size (--model.backbone.patch_size null)"
+        )
+    if not keep_position_embeddings:
+        raise UserError(
+            f"model.backbone.keep_position_embeddings applies to language-model backbones; '{where}' is a vision "
+            "backbone with its own positions: remove keep_position_embeddings"
+        )
+
+
+def eager_attentions(model: nn.Module, name: str, forward: Callable[[], Any]) -> list[torch.Tensor]:
+    """Attention probabilities of a transformers model: ``forward()`` runs once with the model switched to
+    ``attn_implementation="eager"`` (SDPA returns no attentions), ``output_attentions=True`` being the caller's;
+    the implementation is switched back afterwards. A list of ``(B, heads, N, N)`` float tensors."""
+    previous = model.config._attn_implementation
+    if previous != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = forward()
+    finally:
+        if previous != "eager":
+            model.set_attn_implementation(previous)
+    if not getattr(out, "attentions", None):
+        raise UserError(f"'{name}' returned no attention maps (output_attentions is not supported)")
+    return [a.detach().float() for a in out.attentions]

@@ -38,6 +38,40 @@ from transferkit.errors import UnknownBackboneError, UserError
 log = logging.getLogger(__name__)
 
 
+def backbone_family(name: str) -> str:
+    """The family ``name`` builds (``language``, ``hf_vision``, ``timm``, ...), read without building it: the
+    registry entry, a saved backbone's description, or the ``model_type`` of a hub id / local directory."""
+    base, _ = split_random_suffix(name.strip())
+    entry = registry_entries().get(base.lower())
+    if entry is not None:
+        return entry.family
+    if base.startswith("timm:"):
+        return "timm"
+    if is_saved_backbone(base):
+        return backbone_family(str(read_saved_meta(base)["backbone"]["name"]))
+    if base.startswith("hf:") or Path(base).expanduser().is_dir() or "/" in base:
+        model_type = read_hf_model_type(base.removeprefix("hf:"))
+        text = model_type in language.SUPPORTED_MODEL_TYPES or language.is_text_model_type(model_type)
+        return "language" if text else "hf_vision"
+    return "timm"
+
+
+def backbone_options(names: list[str], patch_size: int | None = None) -> dict[str, dict[str, Any]]:
+    """Build options per backbone of a comparison: ``patch_size`` goes to the language-model backbones among
+    ``names`` (vision backbones have their own); given when none of them is one, it is an error."""
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    if patch_size is None:
+        return out
+    language_names = [n for n in names if backbone_family(n) == "language"]
+    if not language_names:
+        raise UserError(
+            f"--patch_size applies to language-model backbones, and none of {names} is one: remove --patch_size"
+        )
+    for n in language_names:
+        out[n]["patch_size"] = int(patch_size)
+    return out
+
+
 def registered_backbones() -> dict[str, RegistryEntry]:
     """Every registered backbone (the adapters' ``@register_backbone`` ran when this module was imported)."""
     return registry_entries()
@@ -84,6 +118,7 @@ def build_backbone(
             "saved with save_pretrained"
         )
     model.name = name
+    model.fixed_parameter_names()  # remembered now, before a task's freezing or LoRA changes requires_grad
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model

@@ -48,6 +48,8 @@ from transferkit.backbones.base import (
     IMAGENET_STD,
     Backbone,
     BackboneInfo,
+    check_vision_options,
+    eager_attentions,
     groups_from_patterns,
 )
 from transferkit.backbones.registry import register_backbone
@@ -315,6 +317,31 @@ class HFVisionBackbone(Backbone):
         info.extra.update(model_type=self.model_type, model_family=self.spec.family)
         return info
 
+    @property
+    def wrapped(self) -> nn.Module:
+        return self.model
+
+    @property
+    def modality(self) -> str:  # type: ignore[override]
+        return "vision-language" if self.spec.family in ("clip", "siglip") else "vision"
+
+    @property
+    def needs_patch_multiple(self) -> bool:  # type: ignore[override]
+        return not self.spec.convnext
+
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """ViT encoders: one forward with ``attn_implementation="eager"`` and ``output_attentions=True`` (SDPA
+        returns none); ConvNeXts have no attention."""
+        if self.spec.convnext:
+            return super().attention_maps(images)
+        return eager_attentions(
+            self.model,
+            self.name,
+            lambda: self.model(
+                pixel_values=self.normalize(images), output_attentions=True, **self._forward_kwargs
+            ),  # fmt: skip
+        )
+
 
 def _as_int(value: Any) -> int:
     return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
@@ -471,23 +498,13 @@ def _check_options(
         raise UserError(
             f"attn_implementation '{attn}' is not supported; choose one of {ATTN_IMPLEMENTATIONS}"
         )
-    if patch_size is not None:
-        log.warning("'%s' has its own patch size; ignoring patch_size=%s", where, patch_size)
-    if not keep_position_embeddings:
-        log.warning(
-            "keep_position_embeddings=False applies to language backbones only; '%s' keeps its positions",
-            where,
-        )
+    check_vision_options(where, patch_size, keep_position_embeddings)
     if drop_path_rate:
         if not hasattr(config, "drop_path_rate"):
-            log.warning(
-                "'%s' (%s) has no stochastic depth; ignoring drop_path_rate=%s",
-                where,
-                config.model_type,
-                drop_path_rate,
+            raise UserError(
+                f"'{where}' ({config.model_type}) has no stochastic depth: remove model.backbone.drop_path_rate"
             )
-        else:
-            config.drop_path_rate = float(drop_path_rate)
+        config.drop_path_rate = float(drop_path_rate)
     return attn
 
 
@@ -508,7 +525,7 @@ def build_hf_vision(
     vision tower); ``pretrained=False`` builds the same architecture from the config with random init (the
     control). Mean/std come from the checkpoint's ``preprocessor_config.json`` when it has one, else the
     family's defaults. ``options``: ``attn_implementation`` (``'sdpa'`` | ``'eager'``; eager returns attention
-    maps). ``patch_size`` and ``keep_position_embeddings`` do not apply (logged and ignored).
+    maps). ``patch_size`` and ``keep_position_embeddings`` are language-model options: giving them is an error.
     """
     import transformers
 

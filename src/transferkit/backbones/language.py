@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferkit.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneInfo
+from transferkit.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneInfo, eager_attentions
 from transferkit.backbones.registry import register_backbone
 from transferkit.errors import UserError
 
@@ -202,6 +202,7 @@ class LanguageBackbone(Backbone):
     """
 
     family = "language"
+    modality = "language"
 
     def __init__(
         self,
@@ -430,6 +431,20 @@ class LanguageBackbone(Backbone):
         else:
             self.lm.gradient_checkpointing_disable()
 
+    @property
+    def wrapped(self) -> nn.Module:
+        return self.lm
+
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """One forward of the LM on the image tokens with ``attn_implementation="eager"`` and
+        ``output_attentions=True``."""
+
+        def forward() -> Any:
+            embeds, kwargs = self._embed(self.normalize(images))
+            return self.lm(inputs_embeds=embeds, output_attentions=True, **kwargs)
+
+        return eager_attentions(self.lm, self.name, forward)
+
     def info(self) -> BackboneInfo:
         info = super().info()
         info.extra.update(
@@ -543,6 +558,13 @@ def _finish_lm(lm: nn.Module) -> nn.Module:
     return lm
 
 
+def _check_drop_path(name: str, drop_path_rate: float) -> None:
+    if drop_path_rate:
+        raise UserError(
+            f"language backbone '{name}' has no stochastic depth: remove model.backbone.drop_path_rate"
+        )
+
+
 def build_language(
     path_or_id: str,
     pretrained: bool = True,
@@ -565,12 +587,7 @@ def build_language(
     from transformers import AutoConfig, AutoModel
 
     dtype, attn, cls_token = _pop_options(options)
-    if drop_path_rate > 0:
-        log.warning(
-            "language backbone '%s' has no stochastic depth; ignoring drop_path_rate=%s",
-            path_or_id,
-            drop_path_rate,
-        )
+    _check_drop_path(path_or_id, drop_path_rate)
     if path_or_id.startswith(("/", ".", "~")) and not Path(path_or_id).expanduser().is_dir():
         raise UserError(
             f"no such directory '{path_or_id}'; pass a folder written by save_pretrained or a hub id"
@@ -619,10 +636,7 @@ def build_language_from_config(
     from transformers import AutoModel
 
     dtype, attn, cls_token = _pop_options(options)
-    if drop_path_rate > 0:
-        log.warning(
-            "language backbone '%s' has no stochastic depth; ignoring drop_path_rate=%s", name, drop_path_rate
-        )
+    _check_drop_path(name, drop_path_rate)
     _check_text_config(config, name)
     lm = AutoModel.from_config(config, dtype=dtype, attn_implementation=_attn_implementation(config, attn))
     cls_token_id = getattr(config, "cls_token_id", None)

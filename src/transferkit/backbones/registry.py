@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transferkit.backbones.base import Backbone
+from transferkit.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,15 @@ class BackboneConfig:
     keep_position_embeddings: bool = True
     grad_checkpointing: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k = "model.backbone"
+        if not str(self.name).strip():
+            raise UserError(f"{k}.name is empty; give a registered name, a timm name, a hub id or a folder")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise UserError(f"{k}.drop_path_rate is a probability in [0, 1), got {self.drop_path_rate}")
+        if self.patch_size is not None and self.patch_size < 1:
+            raise UserError(f"{k}.patch_size must be >= 1, got {self.patch_size}")
 
 
 def split_random_suffix(name: str) -> tuple[str, bool]:

@@ -34,10 +34,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from transferkit.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneInfo
+from transferkit.backbones.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneInfo,
+    check_vision_options,
+)
 from transferkit.backbones.registry import register_backbone
 from transferkit.errors import UnknownBackboneError, UserError
 
@@ -192,6 +199,117 @@ class TimmBackbone(Backbone):
         info.extra.update(architecture=self.architecture, unused_parameters=len(self.unused_parameter_names))
         return info
 
+    @property
+    def wrapped(self) -> nn.Module:
+        return self.model
+
+    @property
+    def needs_patch_multiple(self) -> bool:  # type: ignore[override]
+        return self.feature_ndim == 3  # ViT-like token models; CNN feature maps take any size
+
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """timm ViTs: the attention modules switch from fused SDPA to their explicit path for one forward
+        (``fused_attn = False``) and a hook on ``attn_drop`` reads its input, the post-softmax attention."""
+        modules = [
+            m
+            for m in self.model.modules()
+            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Dropout)
+        ]
+        if self.feature_ndim != 3 or not modules:
+            return super().attention_maps(images)
+        captured: list[torch.Tensor] = []
+        saved = [m.fused_attn for m in modules]
+        hooks = [
+            m.attn_drop.register_forward_hook(
+                lambda mod, args, out: captured.append(args[0].detach().float())
+            )
+            for m in modules
+        ]
+        try:
+            for m in modules:
+                m.fused_attn = False
+            with torch.no_grad():
+                self.forward_features(images)
+        finally:
+            for m, f in zip(modules, saved):
+                m.fused_attn = f
+            for h in hooks:
+                h.remove()
+        return captured
+
+    def source_head(self) -> TimmSourceHead | None:
+        """The checkpoint's own classifier (the backbone itself is built headless, ``num_classes=0``): the same
+        pretrained model is built once more with its head; None when random-init, headless, or the weights are
+        not available (LEEP/NCE then use pseudo labels)."""
+        if not self.pretrained:
+            return None
+        import timm
+
+        cfg = getattr(self.model, "pretrained_cfg", {}) or {}
+        arch = str(cfg.get("architecture") or self.architecture)
+        tag = str(cfg.get("tag") or "")
+        kwargs: dict[str, Any] = (
+            {"img_size": self.input_size, "dynamic_img_size": True} if self.feature_ndim == 3 else {}
+        )
+        try:
+            model = timm.create_model(f"{arch}.{tag}" if tag else arch, pretrained=True, **kwargs)
+        except Exception as e:  # offline, no such tag, a model without dynamic size...: pseudo labels instead
+            log.warning(
+                "no source head for '%s' (%s: %s); LEEP/NCE use GMM pseudo labels",
+                self.name,
+                type(e).__name__,
+                e,
+            )
+            return None
+        return timm_source_head(model, self.feature_ndim, self.channels_last)
+
+
+class TimmSourceHead:
+    """A timm classifier's head applied to pooled features ``(N, D)`` -> probabilities ``(N, C_s)``.
+
+    timm's ``forward_head`` pools the token map itself; it is fed a map whose pooling *is* the cached pooled
+    feature (every token equal to it), so the exact head of the checkpoint runs: norms, pre-logits and
+    classifier. ``pooling`` names the cached summary that matches timm's pooling (``cls`` for a ViT with
+    ``global_pool='token'``, else ``mean``).
+    """
+
+    def __init__(self, model: nn.Module, feature_ndim: int, channels_last: bool = False):
+        self.model = model.eval()
+        self.feature_ndim = feature_ndim
+        self.channels_last = channels_last
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        pool = str(getattr(model, "global_pool", "avg") or "")
+        self.pooling = "cls" if feature_ndim == 3 and pool == "token" else "mean"
+
+    @torch.inference_mode()
+    def __call__(self, pooled: Any, batch_size: int = 4096) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(pooled, dtype=np.float32))
+        out = []
+        for start in range(0, len(x), batch_size):
+            p = x[start : start + batch_size]
+            if self.feature_ndim == 3:
+                tokens = p[:, None, :].expand(-1, self.num_prefix_tokens + 1, -1)
+            elif self.channels_last:
+                tokens = p[:, None, None, :]
+            else:
+                tokens = p[:, :, None, None]
+            out.append(torch.softmax(self.model.forward_head(tokens).float(), dim=1))
+        return torch.cat(out).numpy().astype(np.float64)
+
+
+def timm_source_head(
+    model: nn.Module, feature_ndim: int, channels_last: bool = False
+) -> TimmSourceHead | None:
+    """A :class:`TimmSourceHead` for a timm model with a classifier, or None when it has none or pools in a
+    way that is not a function of the cached summaries (attention pooling ``map``)."""
+    if not hasattr(model, "forward_head") or int(getattr(model, "num_classes", 0) or 0) < 2:
+        return None
+    pool = str(getattr(model, "global_pool", "avg") or "")
+    if feature_ndim == 3 and pool not in ("token", "avg", "max", "avgmax"):
+        return None
+    return TimmSourceHead(model, feature_ndim, channels_last)
+
 
 def _as_int(value: Any) -> int:
     return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
@@ -212,7 +330,13 @@ def _probe(model: nn.Module, image_size: int) -> tuple[torch.Size, set[str]]:
     model.eval()
     try:
         with torch.enable_grad():
-            out = model.forward_features(torch.zeros(1, 3, image_size, image_size))
+            try:
+                out = model.forward_features(torch.zeros(1, 3, image_size, image_size))
+            except (AssertionError, RuntimeError) as e:  # timm asserts sizes (a ViT's patch multiple)
+                raise UserError(
+                    f"timm model '{type(model).__name__}' cannot take {image_size}px images "
+                    f"({str(e).splitlines()[0]}); change data.image_size"
+                ) from None
             if not isinstance(out, torch.Tensor):
                 raise UserError(
                     f"timm model '{type(model).__name__}' returns {type(out).__name__} from forward_features, "
@@ -329,19 +453,14 @@ def build_timm(
     ``name`` may carry a pretrained tag (``vit_small_patch16_224.augreg_in21k``). ``pretrained=True`` uses
     timm's own weight loading (Hugging Face hub); ``pretrained_file`` loads a local checkpoint instead (timm's
     ``pretrained_cfg_overlay=dict(file=...)``, with the same key/position-embedding adaptation). Further
-    ``model_kwargs`` go to the timm model constructor. ``patch_size`` and ``keep_position_embeddings`` do not
-    apply (logged and ignored).
+    ``model_kwargs`` go to the timm model constructor. ``patch_size`` and ``keep_position_embeddings`` are
+    language-model options: giving them is an error.
     """
     import timm
 
     if not timm.is_model(name.split(".")[0]):
         raise _unknown_model(name)
-    if patch_size is not None:
-        log.warning("timm model '%s' has its own patch size; ignoring patch_size=%s", name, patch_size)
-    if not keep_position_embeddings:
-        log.warning(
-            "keep_position_embeddings=False applies to language backbones only; ignored for '%s'", name
-        )
+    check_vision_options(name, patch_size, keep_position_embeddings)
     kwargs: dict[str, Any] = dict(num_classes=0, **model_kwargs)
     if drop_path_rate:
         kwargs["drop_path_rate"] = float(drop_path_rate)
@@ -413,4 +532,4 @@ _register_micro(
 )
 
 
-__all__: Sequence[str] = ("TimmBackbone", "build_timm")
+__all__: Sequence[str] = ("TimmBackbone", "TimmSourceHead", "build_timm", "timm_source_head")

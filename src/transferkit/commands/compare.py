@@ -47,7 +47,7 @@ def compare(
         results_table: results table to append to (default <runs_dir>/performance.json).
         record_results: append this run's numbers to the results table.
         extraction: feature extraction and cache (--cache_dir, --batch_size, --device, ...).
-        patch_size: patch size of language-model backbones (default 16).
+        patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init weights, heads and batch order.
     """
     from transferkit.compare import parse_backbones, run_compare

@@ -41,12 +41,12 @@ def extract(
         name: run name.
         runs_dir: folder holding run directories.
         extraction: feature extraction and cache (--cache_dir, --batch_size, --device, --dtype, ...).
-        patch_size: patch size of language-model backbones (default 16).
+        patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init weights.
     """
     from rich.table import Table
 
-    from transferkit.backbones import resolve_backbone
+    from transferkit.backbones import backbone_options, resolve_backbone
     from transferkit.compare import parse_backbones
     from transferkit.errors import UserError
     from transferkit.probe.cache import default_cache_dir, get_features
@@ -71,10 +71,10 @@ def extract(
     table = Table(title=f"features of {data.name()} (cache: {root})")
     for col in ("backbone", "split", "shape", "cache", "images/s", "seconds", "entry"):
         table.add_column(col)
-    options = {"patch_size": patch_size} if patch_size is not None else {}
+    options = backbone_options(names, patch_size)
     entries: dict[str, dict[str, dict]] = {}
     for bname in names:
-        bb = resolve_backbone(bname, dm.image_size, seed=seed, **options)
+        bb = resolve_backbone(bname, dm.image_size, seed=seed, **options[bname])
         for split in splits:
             fs = get_features(
                 bb, dm, split, layers=layers, pooling=pooling, extra_poolings=extra_poolings, **opts.kwargs()

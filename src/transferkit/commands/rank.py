@@ -55,7 +55,7 @@ def rank(
         runs_dir: folder holding run directories and the results table.
         results_table: the results table (default <runs_dir>/performance.json).
         extraction: feature extraction and cache (--cache_dir, --batch_size, --device, ...).
-        patch_size: patch size of language-model backbones (default 16).
+        patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init backbones, the subset and the GMM pseudo-sources.
     """
     from rich.markup import escape
@@ -131,7 +131,7 @@ def benchmark(
         runs_dir: folder holding run directories and the results table.
         results_table: the results table (default <runs_dir>/performance.json).
         extraction: feature extraction and cache (--cache_dir, --batch_size, --device, ...).
-        patch_size: patch size of language-model backbones (default 16).
+        patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of the class subsets, random-init backbones and GMM pseudo-sources.
     """
     from transferkit.compare import parse_backbones

@@ -31,18 +31,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.backbones import resolve_backbone
+from transferkit.backbones import backbone_options, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
 from transferkit.compare.report import build_report, make_plots
 from transferkit.compare.stats import fair_pairs, pretraining_gains, wilson_ci
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
-from transferkit.probe.cache import ExtractOptions, default_device, get_features, modality
+from transferkit.probe.cache import ExtractOptions, get_features
 from transferkit.probe.knn import knn_evaluate
 from transferkit.probe.linear import LinearGridConfig, feature_variants, train_linear_grid
 from transferkit.results import ResultRow, ResultsTable, dataset_entry
 from transferkit.runs import RunDir
+from transferkit.utils.devices import default_device
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -178,14 +179,14 @@ def compare_backbone(
     knn: KnnOptions,
     extract: ExtractOptions,
     seed: int,
-    patch_size: int | None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Features (cached), linear-probe grid and kNN for one backbone.
 
     Returns its results entry and the per-image test correctness ``{'linear': (N,) bool, 'knn': (N,) bool}``.
+    ``options``: build options of the backbone (e.g. a language model's ``patch_size``).
     """
-    options = {"patch_size": patch_size} if patch_size is not None else {}
-    bb = resolve_backbone(name, datamodule.image_size, seed=seed, **options)
+    bb = resolve_backbone(name, datamodule.image_size, seed=seed, **(options or {}))
     device = extract.device or default_device()
     poolings = list(probe.poolings) if probe.poolings else _default_poolings(bb)
     for p in poolings:
@@ -237,7 +238,7 @@ def compare_backbone(
         "name": name,
         "pretrained": bool(bb.pretrained),
         "family": bb.family,
-        "modality": modality(bb),
+        "modality": bb.modality,
         "num_params": int(bb.num_params()),
         "embed_dim": int(bb.embed_dim),
         "num_blocks": int(bb.num_blocks),
@@ -315,6 +316,7 @@ def run_compare(
     extract = extract or ExtractOptions()
     device = extract.device or default_device()
     names = parse_backbones(backbones)
+    options = backbone_options(names, patch_size)
     if spec.classes is not None:
         raise UserError(
             "compare measures whole datasets; data.classes (a class subset) is for 'transferkit rank benchmark' "
@@ -328,7 +330,7 @@ def run_compare(
     for name in names:
         log.info("comparing %s on %s", name, dataset["name"])
         entry, correct[name] = compare_backbone(
-            name, datamodule, probe=probe, knn=knn, extract=extract, seed=seed, patch_size=patch_size
+            name, datamodule, probe=probe, knn=knn, extract=extract, seed=seed, options=options[name]
         )
         if finetune is not None:
             entry["finetune"] = finetune_backbone(
@@ -336,8 +338,8 @@ def run_compare(
                 spec,
                 finetune,
                 run.path / "finetune",
-                language=entry["family"] == "language",
-                patch_size=patch_size,
+                language=entry["modality"] == "language",
+                patch_size=options[name].get("patch_size"),
                 seed=seed,
                 device=device,
                 progress=extract.progress,

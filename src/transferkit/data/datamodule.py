@@ -27,8 +27,10 @@ from transferkit.data.sources import (
     SOURCES,
     SPLITS,
     ClassificationDataset,
+    ImageFileDataset,
     build_source,
     collate_drop_none,
+    scan_images,
 )
 from transferkit.data.transforms import AUGMENTS, DEFAULT_RANDAUG, build_transform, describe_transform
 from transferkit.errors import UserError
@@ -44,6 +46,27 @@ def shuffling_sampler(dataset: Dataset, trainer: L.Trainer | None, seed: int) ->
     world_size = int(getattr(trainer, "world_size", 1) or 1)
     rank = int(getattr(trainer, "global_rank", 0) or 0)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+
+class IndexedImages(Dataset):
+    """Items ``{"image", "index"}`` of a classification dataset (``None`` where an image was skipped as
+    unreadable), so predictions name their images even when a batch lost one.
+
+    Args:
+        images: the images (their ``paths`` name the files, where they come from files).
+        labeled: whether ``images.targets`` are true labels (the test split) or placeholders (a folder).
+    """
+
+    def __init__(self, images: ClassificationDataset, labeled: bool) -> None:
+        self.images = images
+        self.labeled = labeled
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.images[index]
+        return None if item is None else {"image": item[0], "index": index}
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -74,6 +97,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         drop_last: bool = False,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        predict_path: str | None = None,
     ) -> None:
         """
         Args:
@@ -104,22 +128,24 @@ class ImageClassificationDataModule(L.LightningDataModule):
             drop_last: Drop the last incomplete training batch.
             pin_memory: Pin host memory for faster GPU transfer; default: when CUDA is available.
             persistent_workers: Keep loader workers alive between epochs (only with ``num_workers > 0``).
+            predict_path: A folder of images (any depth, labels ignored) that ``transferkit predict``
+                classifies; None: the test split.
         """
         super().__init__()
         self.save_hyperparameters()
         if source not in SOURCES:
-            raise UserError(f"unknown data source '{source}'; choose one of {list(SOURCES)}")
+            raise UserError(f"unknown data.source '{source}'; choose one of {list(SOURCES)}")
         if augment not in AUGMENTS:
-            raise UserError(f"unknown augment '{augment}'; choose one of {list(AUGMENTS)}")
+            raise UserError(f"unknown data.augment '{augment}'; choose one of {list(AUGMENTS)}")
         if on_corrupt not in ON_CORRUPT:
-            raise UserError(f"on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
+            raise UserError(f"data.on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
         for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1)):
             if int(value) < low:
-                raise UserError(f"{name} must be >= {low}, got {value}")
+                raise UserError(f"data.{name} must be >= {low}, got {value}")
         if eval_batch_size is not None and eval_batch_size < 1:
-            raise UserError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+            raise UserError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
         if num_workers < 0:
-            raise UserError(f"num_workers must be >= 0, got {num_workers}")
+            raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
         if hflip is None:
             hflip = 0.0 if source == "digits" else 0.5
 
@@ -134,6 +160,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.predict_path = predict_path
+        self.on_corrupt = on_corrupt
         common = dict(randaug=randaug, hflip=self.hflip, crop_pct=crop_pct, scale=tuple(crop_scale))
         self.train_transform = build_transform(self.image_size, train=True, augment=augment, **common)
         self.eval_transform = build_transform(self.image_size, train=False, **common)
@@ -147,6 +175,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         )
         self._datasets: dict[tuple[str, bool], ClassificationDataset] = {}
         self._fingerprints: dict[str, str] = {}
+        self._predict: dict[str, IndexedImages] = {}
 
     # ------------------------------------------------------------------ classes
     @property
@@ -163,6 +192,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.data_source.splits()  # load/scan now, so data errors surface before the first step
+        if stage == "predict":
+            self.predict_dataset()
 
     def dataset(self, split: str, train_transform: bool = False) -> ClassificationDataset:
         """The ``split`` dataset with the train (augmenting) or eval transform; items are
@@ -200,9 +231,28 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
 
+    def predict_dataset(self) -> IndexedImages:
+        """What ``predict`` classifies, in order, with the eval transform: ``predict_path``'s images, else the
+        test split."""
+        if "predict" not in self._predict:
+            if self.predict_path is not None:
+                files = scan_images(self.predict_path)
+                images = ImageFileDataset(
+                    [(f, 0) for f in files],
+                    ["unlabeled"],
+                    self.eval_transform,
+                    self.on_corrupt,
+                    self.predict_path,
+                )
+                self._predict["predict"] = IndexedImages(images, labeled=False)
+            else:
+                self._predict["predict"] = IndexedImages(self.dataset("test"), labeled=True)
+        return self._predict["predict"]
+
     def predict_dataloader(self) -> DataLoader:
-        """The test split, in order, with the eval transform."""
-        return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+        """Batches ``{"image": (B, 3, S, S), "index": (B,)}`` of :meth:`predict_dataset` (an unreadable image
+        skipped with ``on_corrupt: skip`` is missing from its batch; ``index`` says which images are there)."""
+        return self._loader(self.predict_dataset(), self.eval_batch_size, shuffle=False)
 
     # ------------------------------------------------------------------ identity and reports
     def fingerprint(self, split: str) -> str:

@@ -190,7 +190,7 @@ class ImageFileDataset(ClassificationDataset):
     ):
         super().__init__([s[1] for s in samples], class_names, transform)
         if on_corrupt not in ON_CORRUPT:
-            raise UserError(f"on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
+            raise UserError(f"data.on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
         self.paths = [str(s[0]) for s in samples]
         self.on_corrupt = on_corrupt
         self.check_hint = check_hint
@@ -245,6 +245,22 @@ def _unreadable_reason(path: str, error: Exception) -> str:
     except OSError:
         return "the file does not exist or cannot be accessed"
     return f"{type(error).__name__}: {error}"
+
+
+def scan_images(root: str | Path) -> list[str]:
+    """Every image file under ``root`` (any depth), sorted; raises :class:`DatasetError` when there is none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"'{root}' is not a folder; point data.path (or data.predict_path) at a folder of images"
+        )
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise DatasetError(
+            f"no image files under '{root}' (looked for .jpg/.png/... at any depth); point data.path (or data.predict_path) at a folder "
+            "of images"
+        )
+    return files
 
 
 def collate_drop_none(batch: list[Any]) -> Any:
@@ -654,11 +670,11 @@ def build_source(
 ) -> ClassificationSource:
     """Resolve a data source by name; raises :class:`UserError` on an unknown name or a bad layout."""
     if source not in SOURCES:
-        raise UserError(f"unknown data source '{source}'; choose one of {list(SOURCES)}")
+        raise UserError(f"unknown data.source '{source}'; choose one of {list(SOURCES)}")
     if on_corrupt not in ON_CORRUPT:
-        raise UserError(f"on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
+        raise UserError(f"data.on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     if source == "digits":
         if path is not None:
             logger.warning("source digits is built in; path=%s is ignored", path)

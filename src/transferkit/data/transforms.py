@@ -31,13 +31,13 @@ Transform = Callable[..., torch.Tensor]
 
 def _check_common(image_size: int, hflip: float, crop_pct: float, scale: tuple[float, float]) -> None:
     if int(image_size) < 1:
-        raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
+        raise UserError(f"data.image_size must be a positive number of pixels, got {image_size}")
     if not 0.0 <= hflip <= 1.0:
-        raise UserError(f"hflip is a probability in [0, 1], got {hflip}")
+        raise UserError(f"data.hflip is a probability in [0, 1], got {hflip}")
     if not 0.0 < crop_pct <= 1.0:
-        raise UserError(f"crop_pct must be in (0, 1] (1.0 = no border cropped at eval), got {crop_pct}")
+        raise UserError(f"data.crop_pct must be in (0, 1] (1.0 = no border cropped at eval), got {crop_pct}")
     if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-        raise UserError(f"crop scale must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}")
+        raise UserError(f"data.crop_scale must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}")
 
 
 def build_eval_transform(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -41,7 +40,7 @@ from transferkit.data.sources import (
     ImageFileDataset,
     build_source,
     collate_drop_none,
-    is_image_file,
+    scan_images,
 )
 from transferkit.errors import DatasetError, UserError
 
@@ -75,11 +74,13 @@ class MultiCropTransform:
             ("local_crops_scale", local_crops_scale),
         ):
             if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-                raise UserError(f"{name} must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}")
+                raise UserError(
+                    f"data.{name} must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}"
+                )
         if num_local_crops < 0:
-            raise UserError(f"num_local_crops must be >= 0, got {num_local_crops}")
+            raise UserError(f"data.num_local_crops must be >= 0, got {num_local_crops}")
         if not 0.0 <= hflip <= 1.0 or not 0.0 <= color_jitter <= 1.0:
-            raise UserError("hflip and color_jitter are probabilities in [0, 1]")
+            raise UserError("data.hflip and color_jitter are probabilities in [0, 1]")
         self.image_size = int(image_size)
         self.local_crop_size = int(local_crop_size or max(8, image_size // 2))
         self.num_local_crops = int(num_local_crops)
@@ -145,20 +146,6 @@ class MultiCropTransform:
         )
 
 
-def scan_images(root: str | Path) -> list[str]:
-    """Every image file under ``root`` (any depth), sorted; raises :class:`DatasetError` when there is none."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"'{root}' is not a folder; point data.path at a folder of images")
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
-    if not files:
-        raise DatasetError(
-            f"no image files under '{root}' (looked for .jpg/.png/... at any depth); point data.path at a folder "
-            "of images"
-        )
-    return files
-
-
 class UnlabeledImageDataModule(L.LightningDataModule):
     """Unlabeled images for self-supervised training (see the module docstring for batches and sources).
 
@@ -219,9 +206,11 @@ class UnlabeledImageDataModule(L.LightningDataModule):
         if split not in ("train", "val", "test"):
             raise UserError(f"unknown split '{split}'; choose train, val or test")
         if on_corrupt not in ON_CORRUPT:
-            raise UserError(f"on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
+            raise UserError(f"data.on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
         if int(image_size) < 8 or int(batch_size) < 1:
-            raise UserError(f"image_size must be >= 8 and batch_size >= 1, got {image_size}, {batch_size}")
+            raise UserError(
+                f"data.image_size must be >= 8 and batch_size >= 1, got {image_size}, {batch_size}"
+            )
         if source == "folder" and path is None:
             raise UserError("source folder needs data.path: a folder of images (any depth, labels ignored)")
         self.source_name = source

@@ -481,9 +481,12 @@ def build_task_module(config: dict[str, Any], directory: Path | None = None) -> 
     if backbone_dir and directory is not None and isinstance(init_args.get("backbone"), dict):
         init_args["backbone"]["name"] = str(directory / backbone_dir)
     module = cls(**init_args)
-    if getattr(module, "backbone", None) is None and hasattr(module, "configure_model"):
-        module.configure_model()
-    backbone = getattr(module, "backbone", None)
+    from transferkit.tasks.protocol import (
+        check_task,  # only the HF format rebuilds a task (the server stays light)
+    )
+
+    module.configure_model()  # builds the layers once; a no-op for a task built in __init__
+    backbone = check_task(module).image_backbone()
     stats = config.get("backbone_normalization")
     if backbone is not None and stats:  # non-persistent buffers: restore the statistics the run used
         backbone.mean, backbone.std = tuple(stats["mean"]), tuple(stats["std"])

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from transferkit.deploy.artifact import (
     HF_CONFIG_FILE,
@@ -49,6 +48,7 @@ from transferkit.deploy.artifact import (
 )
 from transferkit.errors import UserError
 from transferkit.runs import LoadedRun, load_run
+from transferkit.tasks.protocol import check_task
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -180,16 +180,6 @@ def export_torchscript(graph: ExportGraph, example: torch.Tensor, path: Path) ->
     return "torch.jit.trace + torch.jit.freeze"
 
 
-def _hf_backbone_config(backbone: nn.Module) -> Any | None:
-    """The transformers config of a Hugging Face backbone (vision tower or language model), else None."""
-    for attr in ("model", "lm"):
-        inner = getattr(backbone, attr, None)
-        config = getattr(inner, "config", None)
-        if config is not None and hasattr(config, "save_pretrained"):
-            return config
-    return None
-
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple | set) else str(o)))
 
@@ -201,10 +191,10 @@ def export_hf(loaded: LoadedRun, graph: ExportGraph, directory: Path, pre: Prepr
     module = loaded.model
     directory.mkdir(parents=True, exist_ok=True)
     init_args = _jsonable(dict(module.hparams))
-    backbone = getattr(module, "backbone", None)
+    backbone = check_task(module).image_backbone()
     backbone_dir = None
     if backbone is not None:
-        hf_config = _hf_backbone_config(backbone)
+        hf_config = backbone.hf_config()
         if hf_config is not None:  # rebuild the architecture from this config: no hub access at load time
             hf_config.save_pretrained(str(directory / "backbone"))
             backbone_dir = "backbone"
@@ -294,7 +284,7 @@ def preprocessing_for(loaded: LoadedRun, spec: TaskSpec) -> Preprocessing:
     module = loaded.model
     data_args = (loaded.config.get("data") or {}).get("init_args") or {}
     size = int(module.hparams.get("image_size") or data_args.get("image_size") or 224)
-    backbone = getattr(module, "backbone", None)
+    backbone = check_task(module).image_backbone()
     return Preprocessing(
         image_size=size,
         resize=spec.resize,
@@ -384,7 +374,7 @@ def export_run(
         single = images[:1]
     with torch.no_grad():
         probe = module(batch[:2])
-    declared = getattr(module, "export_task", None)
+    declared = check_task(module).export_task
     spec, output_names = infer_task(probe, declared)
     graph = ExportGraph(module, output_names).eval()
     pre = preprocessing_for(loaded, spec)
@@ -407,7 +397,7 @@ def export_run(
     names, info = _task_info(module, spec)
     with torch.no_grad():
         shapes = [list(t.shape[1:]) for t in graph(batch[:1])]
-    backbone = getattr(module, "backbone", None)
+    backbone = check_task(module).image_backbone()
     meta = ArtifactMetadata(
         format=format,
         task=spec.name,

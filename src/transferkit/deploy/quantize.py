@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.deploy.artifact import MODEL_FILES, Artifact
+from transferkit.deploy.artifact import MODEL_FILES, Artifact, ExportGraph
 from transferkit.errors import UserError
+from transferkit.tasks.protocol import check_task
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def quantize_onnx(src: Path, dst: Path) -> dict[str, Any]:
     }
 
 
-def quantize_torchscript(graph: nn.Module, example: torch.Tensor, dst: Path) -> dict[str, Any]:
-    """``torch.ao`` dynamic int8 quantization of every ``nn.Linear`` of ``graph``, traced to ``dst``."""
+def quantize_torchscript(graph: ExportGraph, example: torch.Tensor, dst: Path) -> dict[str, Any]:
+    """``torch.ao`` dynamic int8 quantization of every ``nn.Linear`` of ``graph``'s image backbone (of the whole
+    graph for a task without one), traced to ``dst``."""
     import copy
     import warnings
 
@@ -88,7 +90,7 @@ def quantize_torchscript(graph: nn.Module, example: torch.Tensor, dst: Path) -> 
         torch.backends.quantized.engine = engine = supported[0]
     qgraph = copy.deepcopy(graph).eval()
     # the backbone's Linear layers (nearly all of the compute); heads stay fp32, their code may read .weight
-    backbone = getattr(getattr(qgraph, "module", qgraph), "backbone", None)
+    backbone = check_task(qgraph.module).image_backbone()
     root = backbone if backbone is not None else qgraph
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     spec = {n: qconfig for n, m in root.named_modules() if isinstance(m, nn.Linear)}
@@ -113,7 +115,7 @@ def quantize_torchscript(graph: nn.Module, example: torch.Tensor, dst: Path) -> 
 
 
 def quantize_artifact(
-    artifact_dir: Path, fp32_graph: nn.Module, example: torch.Tensor, fmt: str
+    artifact_dir: Path, fp32_graph: ExportGraph, example: torch.Tensor, fmt: str
 ) -> tuple[Path, dict]:
     """Write the int8 twin of an artifact's fp32 model; returns its path and the method description."""
     if fmt == "onnx":

@@ -18,20 +18,43 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from transferkit.errors import UserError
 
-class HungarianMatcher(nn.Module):
-    """One-to-one assignment of queries to targets; an injectable module (DESIGN.md convention 6).
+
+class Matcher(nn.Module):
+    """What a set criterion needs from a matcher (DESIGN.md convention 6), injectable by ``class_path``:
+    ``forward(outputs, targets)`` returns, per image, ``(query_idx, target_idx)`` int64 tensors. A subclass
+    records its init arguments in ``init_args`` so a checkpoint can rebuild it."""
+
+    init_args: dict[str, Any]
+
+    def forward(
+        self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class HungarianMatcher(Matcher):
+    """One-to-one assignment of queries to targets at minimum total cost.
 
     Args:
-        cost_class: weight of the class cost ``-p[label]``.
-        cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
-        cost_giou: weight of ``-GIoU`` between the boxes (computed in xyxy).
+        cost_class: weight of the class cost ``-p[label]`` (>= 0).
+        cost_bbox: weight of the L1 distance between normalised cxcywh boxes (>= 0).
+        cost_giou: weight of ``-GIoU`` between the boxes, computed in xyxy (>= 0).
     """
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
         super().__init__()
-        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher needs at least one non-zero cost")
+        costs = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
+        negative = {k: v for k, v in costs.items() if not v >= 0}
+        if negative:
+            raise UserError(f"matcher costs must be >= 0 (matcher.init_args.*), got {negative}")
+        if not any(costs.values()):
+            raise UserError(
+                "matcher costs are all 0 (matcher.init_args.cost_class/cost_bbox/cost_giou): every "
+                "assignment would cost the same; give at least one a positive weight (DETR: 1, 5, 2)"
+            )
+        self.init_args = {k: float(v) for k, v in costs.items()}
         self.cost_class = float(cost_class)
         self.cost_bbox = float(cost_bbox)
         self.cost_giou = float(cost_giou)

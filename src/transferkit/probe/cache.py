@@ -60,6 +60,7 @@ from torch.utils.data import DataLoader
 from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
+from transferkit.utils.devices import default_device
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -277,17 +278,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "backbone"
 
 
-def modality(backbone: Backbone) -> str:
-    """``language``, ``vision-language`` (CLIP/SigLIP towers) or ``vision``."""
-    if backbone.family == "language":
-        return "language"
-    fam = str(backbone.info().extra.get("model_family", "")).lower()
-    arch = str(getattr(backbone, "architecture", "")).lower()
-    if fam in ("clip", "siglip") or "clip" in arch or "siglip" in arch:
-        return "vision-language"
-    return "vision"
-
-
 # ---------------------------------------------------------------------------------------------- building
 def _summaries_for(backbone: Backbone, poolings: Sequence[str]) -> list[str]:
     need: set[str] = set()
@@ -297,17 +287,9 @@ def _summaries_for(backbone: Backbone, poolings: Sequence[str]) -> list[str]:
     return [s for s in SUMMARIES if s in need]
 
 
-def _summarize(tokens: torch.Tensor, summaries: Sequence[str], num_prefix: int) -> torch.Tensor:
-    """tokens (B, N, D) -> (B, S, D)."""
-    out = []
-    for s in summaries:
-        if s == "cls":
-            out.append(tokens[:, 0])
-        elif s == "mean":
-            out.append(tokens[:, num_prefix:].mean(dim=1))
-        else:
-            out.append(tokens[:, -1])
-    return torch.stack(out, dim=1)
+def _summarize(backbone: Backbone, tokens: torch.Tensor, summaries: Sequence[str]) -> torch.Tensor:
+    """tokens (B, N, D) -> (B, S, D): each summary is the backbone's own pooling of that name."""
+    return torch.stack([backbone.pool(tokens, s) for s in summaries], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------- cache io
@@ -486,7 +468,7 @@ def _extract_loop(
                     "(a hierarchical model); ask for fewer layers (layers=None or 1)"
                 )
             batch_out = torch.stack(
-                [_summarize(t, summaries, backbone.num_prefix_tokens) for t in token_list], dim=1
+                [_summarize(backbone, t, summaries) for t in token_list], dim=1
             )  # (B, L, S, D)
             b = batch_out.shape[0]
             if out is None:
@@ -543,10 +525,6 @@ def last_block_is_final(backbone: Backbone, dataset: Any, num_images: int = 2) -
     finally:
         backbone.train(was_training)
     return final.shape == last.shape and torch.allclose(final.float(), last.float(), rtol=1e-4, atol=1e-5)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def get_features(
@@ -611,7 +589,7 @@ def get_features(
         "key": key,
         "backbone": bb.name,
         "family": bb.family,
-        "modality": modality(bb),
+        "modality": bb.modality,
         "pretrained": bool(bb.pretrained),
         "num_params": int(info.num_params),
         "embed_dim": int(bb.embed_dim),

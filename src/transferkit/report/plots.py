@@ -136,3 +136,56 @@ def heatmap(
     if cbar_label:
         cbar.set_label(cbar_label)
     return save_figure(fig, path)
+
+
+def draw_detections(
+    image: Any,
+    gt_boxes: Any,
+    boxes: Any,
+    labels: Sequence[str],
+    path: str | Path,
+    *,
+    scale: int = 4,
+) -> Path:
+    """One image with ground-truth boxes (green inside a black outline: visible on any colour) and predicted
+    boxes (red, each labelled on a filled tag), upscaled ``scale`` x, with a legend strip; PNG at ``path``.
+
+    ``image``: ``(3, H, W)`` float in [0, 1] or uint8; boxes ``(n, 4)`` xyxy in the image's pixels.
+    """
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = torch.as_tensor(image)
+    if img.dtype != torch.uint8:
+        img = (img.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy()).convert("RGB")
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    font_size = max(11, min(18, pil.width // 24))
+    font = ImageFont.load_default(size=font_size)
+    legend_h = font_size + 8
+    canvas = Image.new("RGB", (pil.width, pil.height + legend_h), "white")
+    canvas.paste(pil, (0, legend_h))
+    draw = ImageDraw.Draw(canvas)
+
+    def box(b: Sequence[float]) -> list[float]:
+        x1, y1, x2, y2 = (float(v) * scale for v in b)
+        return [x1, y1 + legend_h, x2, y2 + legend_h]
+
+    for b in torch.as_tensor(gt_boxes).reshape(-1, 4).tolist():
+        draw.rectangle(box(b), outline="black", width=4)
+        draw.rectangle(box(b), outline=(0, 230, 0), width=2)
+    for b, label in zip(torch.as_tensor(boxes).reshape(-1, 4).tolist(), labels):
+        r = box(b)
+        draw.rectangle(r, outline=(230, 0, 0), width=2)
+        tx, ty = r[0], max(legend_h, r[1] - font_size - 4)
+        tw = draw.textlength(label, font=font)
+        draw.rectangle([tx, ty, tx + tw + 6, ty + font_size + 4], fill=(230, 0, 0))
+        draw.text((tx + 3, ty + 1), label, fill="white", font=font)
+    x = 4
+    for color, text in (((0, 230, 0), "ground truth"), ((230, 0, 0), "prediction")):
+        draw.rectangle([x, 4, x + font_size, 4 + font_size], outline="black", fill=color)
+        draw.text((x + font_size + 4, 3), text, fill="black", font=font)
+        x += int(font_size + 12 + draw.textlength(text, font=font))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())

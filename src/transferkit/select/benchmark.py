@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from transferkit.backbones import resolve_backbone
+from transferkit.backbones import backbone_options, resolve_backbone
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions, get_features
@@ -75,12 +75,12 @@ def run_benchmark(
     subsets = class_subset_tasks(dm.class_names, tasks, classes_per_task, seed)
     task_specs = [spec.with_classes(c) for c in subsets]
     entries = [dataset_entry(t.describe()) for t in task_specs]
-    options = {"patch_size": patch_size} if patch_size is not None else {}
+    options = backbone_options(list(backbones), patch_size)
     rows: list[ResultRow] = []
     accs: dict[str, dict[str, float]] = {}
     device = extract.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for name in backbones:
-        bb = resolve_backbone(name, dm.image_size, seed=seed, **options)
+        bb = resolve_backbone(name, dm.image_size, seed=seed, **options[name])
         feats = {s: get_features(bb, dm, s, **extract.kwargs()) for s in ("train", "val", "test")}
         x = {s: np.asarray(fs.features) for s, fs in feats.items()}
         y = {s: np.asarray(fs.labels) for s, fs in feats.items()}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.backbones import resolve_backbone
+from transferkit.backbones import backbone_options, resolve_backbone
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions, get_features
@@ -31,7 +31,7 @@ from transferkit.select.scores import (
     resolve_score_names,
     stratified_subset,
 )
-from transferkit.select.source_preds import load_timm_source_head, source_predictions
+from transferkit.select.source_preds import source_predictions
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,15 @@ def rank_backbones(
             learned.settings, root=Path(ranker) / "embeddings", cache_dir=extract.cache_dir
         )
         tokens = store.dataset_tokens(spec, split)
-    options = {"patch_size": patch_size} if patch_size is not None else {}
+    options = backbone_options(list(backbones), patch_size)
     values: dict[str, dict[str, float]] = {s: {} for s in score_names}
     seconds: dict[str, dict[str, float]] = {s: {} for s in score_names}
     per_backbone: dict[str, dict[str, Any]] = {}
     for name in backbones:
         t0 = time.perf_counter()
-        bb = resolve_backbone(name, dm.image_size, seed=seed, **options)
+        bb = resolve_backbone(name, dm.image_size, seed=seed, **options[name])
         build_s = time.perf_counter() - t0
-        head = load_timm_source_head(bb) if {"leep", "nce"} & set(score_names) else None
+        head = bb.source_head() if {"leep", "nce"} & set(score_names) else None
         extra = [head.pooling] if head is not None and head.pooling != bb.pooling else []
         fs = get_features(bb, dm, split, extra_poolings=extra, **extract.kwargs())
         rows = np.isin(fs.labels, keep_classes)  # the class subset (every row without one)

@@ -6,7 +6,7 @@ predicts the target labels. Two ways to get ``p(z | x)``:
 ``head``
     The backbone's pretrained classification head, applied to its cached pooled features: timm models whose
     pretrained checkpoint carries a classifier (``resnet50``, ``vit_small_patch16_224.augreg_in21k``...).
-    The backbone itself is built headless (``num_classes=0``); :func:`load_timm_source_head` builds the same
+    The backbone itself is built headless (``num_classes=0``); :meth:`Backbone.source_head` builds the same
     timm model *with* its head and applies the head to the cached features (no second pass over the images).
 ``gmm`` (fallback for feature-only models: self-supervised encoders, CLIP/SigLIP towers, language models
 used as image encoders, random-init twins)
@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from transferkit.errors import UserError
 from transferkit.select.scores import as_features, check_labels
@@ -112,89 +110,11 @@ def gmm_pseudo_source(
     )
 
 
-# ---------------------------------------------------------------------------------------------- timm heads
-class TimmSourceHead:
-    """A timm classifier's head applied to pooled features ``(N, D)`` -> probabilities ``(N, C_s)``.
-
-    timm's ``forward_head`` pools the token map itself; it is fed a map whose pooling *is* the cached pooled
-    feature (every token equal to it), so the exact head of the checkpoint runs: norms, pre-logits and
-    classifier. ``pooling`` names the cached summary that matches timm's pooling (``cls`` for a ViT with
-    ``global_pool='token'``, else ``mean``).
-    """
-
-    def __init__(self, model: nn.Module, feature_ndim: int, channels_last: bool = False):
-        self.model = model.eval()
-        self.feature_ndim = feature_ndim
-        self.channels_last = channels_last
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
-        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
-        pool = str(getattr(model, "global_pool", "avg") or "")
-        self.pooling = "cls" if feature_ndim == 3 and pool == "token" else "mean"
-
-    @torch.inference_mode()
-    def __call__(self, pooled: Any, batch_size: int = 4096) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(pooled, dtype=np.float32))
-        out = []
-        for start in range(0, len(x), batch_size):
-            p = x[start : start + batch_size]
-            if self.feature_ndim == 3:
-                tokens = p[:, None, :].expand(-1, self.num_prefix_tokens + 1, -1)
-            elif self.channels_last:
-                tokens = p[:, None, None, :]
-            else:
-                tokens = p[:, :, None, None]
-            out.append(torch.softmax(self.model.forward_head(tokens).float(), dim=1))
-        return torch.cat(out).numpy().astype(np.float64)
-
-
-def timm_source_head(
-    model: nn.Module, feature_ndim: int, channels_last: bool = False
-) -> TimmSourceHead | None:
-    """A :class:`TimmSourceHead` for a timm model with a classifier, or None when it has none or pools in a
-    way that is not a function of the cached summaries (attention pooling ``map``)."""
-    if not hasattr(model, "forward_head") or int(getattr(model, "num_classes", 0) or 0) < 2:
-        return None
-    pool = str(getattr(model, "global_pool", "avg") or "")
-    if feature_ndim == 3 and pool not in ("token", "avg", "max", "avgmax"):
-        return None
-    return TimmSourceHead(model, feature_ndim, channels_last)
-
-
-def load_timm_source_head(backbone: Any) -> TimmSourceHead | None:
-    """The pretrained classifier head of a pretrained timm :class:`~transferkit.backbones.Backbone`, or None
-    (not a timm backbone, random-init, no classifier in the checkpoint, or weights not available)."""
-    from transferkit.backbones.timm_vision import TimmBackbone
-
-    if not isinstance(backbone, TimmBackbone) or not backbone.pretrained:
-        return None
-    import timm
-
-    arch = str(getattr(backbone.model, "pretrained_cfg", {}).get("architecture") or backbone.architecture)
-    tag = str(getattr(backbone.model, "pretrained_cfg", {}).get("tag") or "")
-    name = f"{arch}.{tag}" if tag else arch
-    try:
-        kwargs: dict[str, Any] = {}
-        if backbone.feature_ndim == 3:
-            kwargs = {"img_size": backbone.input_size, "dynamic_img_size": True}
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except (
-        Exception
-    ) as e:  # offline, no such tag, a model without dynamic size...: fall back to pseudo labels
-        log.warning(
-            "no source head for '%s' (%s: %s); LEEP/NCE use GMM pseudo labels",
-            backbone.name,
-            type(e).__name__,
-            e,
-        )
-        return None
-    return timm_source_head(model, backbone.feature_ndim, backbone.channels_last)
-
-
 def source_predictions(
     features: Any,
     labels: Any,
     *,
-    head: TimmSourceHead | None = None,
+    head: Any = None,
     head_features: Any = None,
     **gmm_options: Any,
 ) -> SourcePredictions:

@@ -142,15 +142,9 @@ class _LitModule(L.LightningModule):
                 "optimizer": opt,
                 "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"},
             }
-        warm, total = cfg.warmup_epochs, cfg.max_epochs
+        from transformers import get_cosine_schedule_with_warmup
 
-        def factor(epoch: int) -> float:
-            if epoch < warm:
-                return (epoch + 1) / (warm + 1)
-            progress = (epoch - warm) / max(1, total - warm)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_epochs, cfg.max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 

@@ -8,15 +8,18 @@ Paradigms (``adaptation``):
   smoothing), optionally with the first ``freeze_blocks`` blocks frozen;
 - ``lora``: the backbone stays frozen except LoRA adapters injected with peft (plus ``train_also`` params).
 
-Differential LRs per component come from ``optimizer.lr_mult`` (``patch_embed``, ``backbone``, ``head``).
-EMA of weights is Lightning's ``EMAWeightAveraging`` callback (``trainer.callbacks``), not code here.
+Freezing follows the backbone's one rule (:meth:`~transferkit.backbones.Backbone.frozen_names`); train and
+eval modes follow :func:`~transferkit.tasks.modes.apply_train_modes`. Differential LRs per component come from
+``optimizer.lr_mult`` (``patch_embed``, ``backbone``, ``head``). EMA of weights is Lightning's
+``EMAWeightAveraging`` callback (``trainer.callbacks``, see ``configs/classification/finetune_vit_randaug.yaml``),
+not code here. ``transferkit predict`` writes ``<run>/predictions.csv``
+(:class:`~transferkit.tasks.writers.ClassificationPredictionWriter`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -28,7 +31,7 @@ from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.heads.classification import ClassificationHead
-from transferkit.tasks.common import set_hparam
+from transferkit.tasks.modes import apply_train_modes
 from transferkit.tasks.optim import (
     OptimConfig,
     backbone_head_param_groups,
@@ -37,36 +40,9 @@ from transferkit.tasks.optim import (
     resolve_optim_config,
     scaled_lr,
 )
+from transferkit.tasks.options import LoraOptions, as_dataclass, compile_patterns
 
 log = logging.getLogger(__name__)
-
-
-def as_dataclass(cls: type, value: Any) -> Any:
-    """``value`` as an instance of dataclass ``cls`` (accepts an instance, a dict or None)."""
-    if isinstance(value, cls):
-        return value
-    if value is None:
-        return cls()
-    if isinstance(value, dict):
-        return cls(**value)
-    raise UserError(f"expected a {cls.__name__} or a mapping, got {type(value).__name__}")
-
-
-@dataclass
-class LoraOptions:
-    """LoRA adapters (peft), used when ``adaptation: lora``.
-
-    Args:
-        r: rank of the update matrices.
-        alpha: scaling numerator (update scaled by alpha / r).
-        dropout: dropout on the LoRA input.
-        target_modules: module-name suffixes to adapt; empty = the backbone's default attention projections.
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +63,18 @@ class RegularizationOptions:
     label_smoothing: float = 0.0
     head_dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        k = "model.regularization"
+        for name in ("mixup", "cutmix"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{k}.{name} is an alpha >= 0 (0 = off), got {getattr(self, name)}")
+        for name in ("mix_prob",):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{k}.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("label_smoothing", "head_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{k}.{name} must be in [0, 1), got {getattr(self, name)}")
+
 
 class ImageClassifier(L.LightningModule):
     """Backbone + classification head, trained by one Lightning loop for every paradigm.
@@ -98,6 +86,7 @@ class ImageClassifier(L.LightningModule):
 
     #: metric the CLI's checkpoint callback monitors, and its mode
     checkpoint_monitor = ("val/acc1", "max")
+    export_task = "classification"
 
     def __init__(
         self,
@@ -108,7 +97,7 @@ class ImageClassifier(L.LightningModule):
         head_batchnorm: bool | None = None,
         optimizer: OptimConfig = OptimConfig(),
         regularization: RegularizationOptions = RegularizationOptions(),
-        lora: LoraOptions = LoraOptions(),
+        lora: LoraOptions | None = None,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         image_size: int | None = None,
@@ -117,23 +106,39 @@ class ImageClassifier(L.LightningModule):
         Args:
             backbone: which backbone and how to build it (name, pretrained, pooling, drop-path...).
             adaptation: ``linear_probe``, ``finetune`` or ``lora``.
-            freeze_blocks: finetune/lora: freeze the input embedding and the first N blocks.
+            freeze_blocks: finetune/lora: freeze the input embedding and the first N blocks (a linear probe
+                freezes the whole backbone already: giving it there is an error).
             train_also: regexes of backbone parameter names that train even when frozen by the paradigm
-                (None: the backbone's ``new_parameter_names()``, e.g. a language model's PatchEmbed, under
-                ``lora`` and ``freeze_blocks``; a linear probe keeps the whole backbone frozen).
+                (the backbone's ``new_parameter_names()``, e.g. a language model's PatchEmbed, always train under
+                ``finetune``/``lora``; a linear probe keeps the whole backbone frozen unless listed here).
             head_batchnorm: BN(affine=False) before the linear head; None = on for ``linear_probe`` only.
             optimizer: optimiser and schedule; None fields take the adaptation's defaults.
             regularization: Mixup/CutMix/label smoothing/head dropout.
-            lora: LoRA settings (``adaptation: lora``).
-            num_classes: number of classes (default: the datamodule's).
-            class_names: class names (default: the datamodule's).
-            image_size: input size (default: the datamodule's).
+            lora: LoRA settings, for ``adaptation: lora`` only (None there: the defaults).
+            num_classes: number of classes (linked from the datamodule by the CLI).
+            class_names: class names (linked from the datamodule by the CLI).
+            image_size: input size (linked from the datamodule by the CLI).
         """
         super().__init__()
+        if adaptation not in ("linear_probe", "finetune", "lora"):
+            raise UserError(f"model.adaptation must be linear_probe, finetune or lora, got '{adaptation}'")
+        if lora is not None and adaptation != "lora":
+            raise UserError(
+                f"model.lora applies to adaptation: lora (this run is {adaptation}); remove model.lora"
+            )
+        if freeze_blocks and adaptation == "linear_probe":
+            raise UserError(
+                "model.freeze_blocks applies to finetune and lora; a linear probe freezes every block"
+            )
+        if freeze_blocks < 0:
+            raise UserError(f"model.freeze_blocks must be >= 0, got {freeze_blocks}")
+        compile_patterns(train_also or [], "model.train_also")
+        if num_classes is not None and num_classes < 2:
+            raise UserError(f"model.num_classes must be >= 2, got {num_classes}")
         # dataclass sections are kept as plain dicts in hparams so checkpoints load with weights_only=True
         self.backbone_cfg = as_dataclass(BackboneConfig, backbone)
         self.reg_cfg = as_dataclass(RegularizationOptions, regularization)
-        self.lora_cfg = as_dataclass(LoraOptions, lora)
+        self.lora_cfg = as_dataclass(LoraOptions, lora) if adaptation == "lora" else None
         self.optim_cfg = resolve_optim_config(as_dataclass(OptimConfig, optimizer), adaptation)
         self.save_hyperparameters()
         for key, value in (
@@ -142,27 +147,25 @@ class ImageClassifier(L.LightningModule):
             ("lora", self.lora_cfg),
             ("optimizer", as_dataclass(OptimConfig, optimizer)),
         ):
-            self.hparams[key] = asdict(value)
-        if freeze_blocks < 0:
-            raise UserError(f"freeze_blocks must be >= 0, got {freeze_blocks}")
+            self.hparams[key] = asdict(value) if value is not None else None
         self.backbone: Backbone | None = None
         self.head: ClassificationHead | None = None
+        self.final_metrics: dict[str, dict[str, Any]] = {}
         self.mixup_fn = None
-        if num_classes is not None:
-            self.configure_model()
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
-        """Build backbone + head once sizes are known (from init args or the attached datamodule)."""
+        """Build backbone + head once sizes are known (the CLI links them from the datamodule)."""
         if self.backbone is not None:
             return
         hp = self.hparams
-        if self._trainer is not None and getattr(self._trainer, "datamodule", None) is not None:
-            self.bind_datamodule(self._trainer.datamodule)
         if hp.num_classes is None:
-            raise UserError("num_classes is unknown: give model.num_classes or train with a datamodule")
+            raise UserError(
+                "model.num_classes is unknown: give it, or train with a datamodule (the CLI links it)"
+            )
         image_size = hp.image_size or 224
         self.backbone = build_backbone_from_config(self.backbone_cfg, image_size=image_size)
+        self.backbone.check_input_size(image_size)
         batchnorm = hp.head_batchnorm if hp.head_batchnorm is not None else hp.adaptation == "linear_probe"
         self.head = ClassificationHead(
             self.backbone.pooled_dim(),
@@ -189,7 +192,6 @@ class ImageClassifier(L.LightningModule):
             metrics[f"{split}_acc5"] = MulticlassAccuracy(hp.num_classes, top_k=k, average="micro")
             metrics[f"{split}_per_class"] = MulticlassAccuracy(hp.num_classes, average=None)
         self.metrics = torch.nn.ModuleDict(metrics)
-        self.final_metrics: dict[str, dict[str, Any]] = {}
         trainable = self.backbone.num_params(trainable_only=True) + sum(
             p.numel() for p in self.head.parameters()
         )
@@ -204,37 +206,28 @@ class ImageClassifier(L.LightningModule):
         )
 
     def _apply_adaptation(self) -> None:
+        """The one freeze rule of the backbone: a linear probe freezes all of it, LoRA all but the adapters
+        (and the adapter's new layers), ``freeze_blocks`` the embedding and first N blocks; ``train_also``
+        patterns train whatever they name."""
         hp, bb = self.hparams, self.backbone
         assert bb is not None
-        adapter_frozen = {n for n, p in bb.named_parameters() if not p.requires_grad}
         if hp.adaptation == "lora":
             self._inject_lora()
-        groups = bb.layer_groups()
-        if hp.freeze_blocks > len(groups) - 2:
-            raise UserError(
-                f"freeze_blocks={hp.freeze_blocks} but backbone '{bb.name}' has {len(groups) - 2} blocks"
-            )
         if hp.adaptation == "linear_probe":
-            frozen = {n for n, _ in bb.named_parameters()}
+            frozen = bb.frozen_names(None, include_new=True)
         elif hp.adaptation == "lora":
-            frozen = {n for n, _ in bb.named_parameters() if "lora_" not in n}
+            frozen = {n for n in bb.frozen_names(None) if "lora_" not in n}
         else:
             frozen = set()
-        if hp.freeze_blocks > 0:
-            frozen |= {n for g in groups[: hp.freeze_blocks + 1] for n in g}
-        if hp.train_also is None and hp.adaptation != "linear_probe":
-            frozen -= bb.new_parameter_names()  # fresh layers (an LM's PatchEmbed) must learn
-        patterns = [re.compile(p) for p in hp.train_also or []]
-        for n, p in bb.named_parameters():
-            # never re-enable what the adapter froze itself (e.g. an LM's unused vocabulary embeddings)
-            keep = n not in frozen or any(r.search(n) for r in patterns)
-            p.requires_grad_(n not in adapter_frozen and keep)
+        frozen |= bb.frozen_names(hp.freeze_blocks) if hp.freeze_blocks else set()
+        patterns = compile_patterns(hp.train_also or [], "model.train_also")
+        bb.set_trainable({n for n in frozen if not any(r.search(n) for r in patterns)})
 
     def _inject_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
         bb = self.backbone
-        opts = self.lora_cfg
+        opts = self.lora_cfg or LoraOptions()
         targets = list(opts.target_modules) or list(bb.lora_target_modules)
         if not targets:
             raise UserError(f"backbone '{bb.name}' declares no LoRA targets; set model.lora.target_modules")
@@ -245,12 +238,6 @@ class ImageClassifier(L.LightningModule):
             inject_adapter_in_model(config, bb)
         except ValueError as e:
             raise UserError(f"LoRA could not adapt '{bb.name}' with target_modules={targets}: {e}") from None
-
-    def bind_datamodule(self, dm: Any) -> None:
-        """Take ``num_classes``, ``class_names`` and ``image_size`` from ``dm`` where not given."""
-        for key in ("num_classes", "class_names", "image_size"):
-            if self.hparams.get(key) is None and hasattr(dm, key):
-                set_hparam(self, key, getattr(dm, key))
 
     @property
     def backbone_frozen(self) -> bool:
@@ -267,8 +254,9 @@ class ImageClassifier(L.LightningModule):
         return self.head(feats.float() if feats.dtype != self.head.fc.weight.dtype else feats)
 
     def on_train_epoch_start(self) -> None:
-        if self.backbone_frozen:
-            self.backbone.eval()  # frozen features must not see dropout or update BN statistics
+        apply_train_modes(
+            self
+        )  # frozen parts (a probe's backbone, frozen blocks) in eval mode, the rest train
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor] | None, batch_idx: int
@@ -326,10 +314,41 @@ class ImageClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        images = batch[0] if isinstance(batch, list | tuple) else batch
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """``probs`` ``(B, C)``, ``pred`` ``(B,)`` and, for the datamodule's ``{"image", "index"}`` batches, the
+        images' dataset ``index`` ``(B,)`` (``predictions.csv`` is written from them). Images may also come as
+        ``(images, labels)`` or a bare tensor."""
+        if batch is None:  # every image of the batch was skipped as unreadable
+            return None
+        index = None
+        if isinstance(batch, dict):
+            images, index = batch["image"], batch["index"]
+        else:
+            images = batch[0] if isinstance(batch, list | tuple) else batch
         probs = self(images).softmax(-1)
-        return {"probs": probs, "pred": probs.argmax(-1)}
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if index is not None:
+            out["index"] = index
+        return out
+
+    def configure_callbacks(self) -> list:
+        """A :class:`~transferkit.tasks.writers.ClassificationPredictionWriter` unless the trainer has one."""
+        from transferkit.tasks.writers import PredictionWriter
+
+        if self._trainer is not None and any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
+            return []
+        from transferkit.tasks.writers import ClassificationPredictionWriter
+
+        return [ClassificationPredictionWriter()]
+
+    def dry_run_step(self, batch: Any) -> dict[str, Any]:
+        """``--validate_only``: the logits of two images of a training batch."""
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        out = self(images[:2])
+        return {"batch_images": list(images.shape), "output": list(out.shape)}
+
+    def image_backbone(self) -> Backbone | None:
+        return self.backbone
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict:

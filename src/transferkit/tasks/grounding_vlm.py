@@ -1,28 +1,29 @@
 """Fine-tuning a vision-language model (Qwen2.5-VL) to detect and describe objects as JSON.
 
-The model (transformers' ``Qwen2_5_VLForConditionalGeneration`` + its processor, :mod:`transferkit.backbones.vlm`)
+The model (transformers' ``Qwen2_5_VLForConditionalGeneration`` + its processor, :mod:`transferkit.vlm.model`)
 reads chats built by :class:`~transferkit.vlm.data.VLMGroundingDataModule` and learns to answer
 ``[{"bbox_2d": [x1, y1, x2, y2], "desc": "..."}, ...]`` with boxes in the pixels of its resized image.
 
 Training: next-token cross-entropy over the target answer's tokens only (labels -100 elsewhere), averaged
 over those tokens in the batch; logits are computed only at labelled positions (the LM head never runs over
 prompt and image tokens, which saves its ``(tokens x vocab)`` activation). Padded and packed batches give the
-same loss. Optional DETR-style head (``det_head.enabled``): a :class:`~transferkit.heads.detr.DetrHead` reads
-the LLM's last hidden states at the target image's visual tokens (their merged patch grid) and is trained with
-:class:`~transferkit.heads.criterion.SetCriterion` + :class:`~transferkit.heads.matcher.HungarianMatcher`
-(total loss = LM loss + ``det_head.loss_weight`` x set loss).
+same loss. Optional DETR-style head (``det_head``, :class:`~transferkit.tasks.options.DetHeadOptions`): a
+:class:`~transferkit.heads.detr.DetrHead` reads the LLM's last hidden states at the target image's visual tokens
+(their merged patch grid) and is trained with :class:`~transferkit.heads.criterion.SetCriterion` and the
+injected matcher (total loss = LM loss + ``det_head.loss_weight`` x set loss).
 
 Components: ``vision`` (ViT), ``merger`` (vision-language merger), ``llm`` (language model + LM head) and
 ``det_head``; ``freeze`` lists the frozen ones, ``optimizer.lr_mult`` sets each one's LR multiplier, and
-the LR is ``optimizer.blr * effective_batch / 256`` unless ``optimizer.lr`` is set. ``lora.enabled`` puts
-peft LoRA adapters on the LLM's linear layers (the LLM's own weights then stay frozen).
+the LR is ``optimizer.blr * effective_batch / 256`` unless ``optimizer.lr`` is set. ``lora`` puts peft LoRA
+adapters on the LLM's linear layers (the LLM's own weights then stay frozen).
 
 Evaluation (validation with ``generate_on_val``, test, predict): greedy generation from the prompt, the
 answer parsed by :func:`~transferkit.vlm.parse.parse_response` (fences stripped, truncated lists repaired,
 malformed objects dropped), boxes mapped back to the original image (:func:`~transferkit.vlm.chat.from_resized`).
-Metrics (``metrics.json``): COCO ``map``/``map_50``/``map_75``/``mar_*`` (torchmetrics, faster-coco-eval
-backend; every generated object scores 1.0 — the model states no confidence — ties broken by answer order),
-``desc_acc`` (exact description match among predictions matched to a ground-truth box at IoU >= 0.5),
+Metrics (``metrics.json``) come from the shared :class:`~transferkit.tasks.evaluation.DetectionEvaluator`:
+COCO ``map``/``map_50``/``map_75``/``mar_*`` (every generated object scores 1.0 — the model states no
+confidence — ties broken by answer order), ``desc_acc`` (exact description match among predictions matched to a
+ground-truth box at IoU >= 0.5),
 ``parse_failure_rate`` (answers with no JSON at all), ``repaired_rate``, ``dropped_objects``, the answer
 loss, and the detection head's own mAP when it is on. ``predict`` writes ``<run>/predictions.jsonl``
 (grounding records with the raw ``response``).
@@ -30,9 +31,8 @@ loss, and the detection head's own mAP when it is on. ``predict`` writes ``<run>
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,27 +40,31 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.aggregation import SumMetric
-from torchmetrics.detection import MeanAveragePrecision
 
-from transferkit.backbones.vlm import (
+from transferkit.data.detection.datamodule import object_label
+from transferkit.data.grounding import boxes_to_model
+from transferkit.errors import UserError
+from transferkit.heads.criterion import DEFAULT_WEIGHTS, SetCriterion
+from transferkit.heads.detr import DetrHead, postprocess
+from transferkit.tasks.evaluation import MAP_KEYS, DetectionEvaluator
+from transferkit.tasks.modes import apply_train_modes
+from transferkit.tasks.optim import (
+    OptimConfig,
+    effective_batch_size,
+    lightning_optimizers,
+    param_groups,
+    scaled_lr,
+)
+from transferkit.tasks.options import DetHeadOptions, LoraOptions, as_dataclass, plain
+from transferkit.vlm.chat import IGNORE_INDEX, from_resized
+from transferkit.vlm.collate import left_pad_prompts, packed_position_ids
+from transferkit.vlm.model import (
     VLM_COMPONENTS,
     component_of,
     load_processor,
     load_vlm,
     lora_target_regex,
 )
-from transferkit.data.detection.datamodule import object_label
-from transferkit.data.grounding import boxes_to_model
-from transferkit.errors import UserError
-from transferkit.heads.criterion import DEFAULT_WEIGHTS, LOSSES, SetCriterion
-from transferkit.heads.detr import DetrHead, postprocess
-from transferkit.heads.matcher import HungarianMatcher
-from transferkit.tasks.classification import as_dataclass
-from transferkit.tasks.common import hparams_from_checkpoint, set_hparam
-from transferkit.tasks.detection import GroundingPredictionWriter, match_for_description
-from transferkit.tasks.optim import OptimConfig, effective_batch_size, lightning_optimizers, scaled_lr
-from transferkit.vlm.chat import IGNORE_INDEX, from_resized
-from transferkit.vlm.collate import left_pad_prompts, packed_position_ids
 from transferkit.vlm.parse import parse_response
 
 log = logging.getLogger(__name__)
@@ -72,67 +76,8 @@ VLM_OPTIM_DEFAULTS: dict[str, Any] = dict(name="adamw", blr=5e-5, weight_decay=0
 LORA_BLR = 2e-3
 #: the vision encoder moves 10x slower than the rest (Qwen2.5-VL fine-tuning practice), the fresh head 10x faster
 VLM_LR_MULT = {"vision": 0.1, "merger": 1.0, "llm": 1.0, "det_head": 10.0}
-MAP_KEYS = ("map", "map_50", "map_75", "mar_1", "mar_10", "mar_100")
-
-
-@dataclass
-class LoraOptions:
-    """LoRA adapters (peft) on the LLM's linear layers.
-
-    Args:
-        enabled: inject LoRA; the LLM's own weights freeze, the adapters train (unless ``llm`` is frozen).
-        r: rank of the update matrices.
-        alpha: scaling numerator (update scaled by alpha / r).
-        dropout: dropout on the LoRA input.
-        target_modules: LLM linear layers to adapt (attention and MLP projections by default).
-    """
-
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-
-
-@dataclass
-class DetHeadOptions:
-    """A DETR-style detection head on the LLM's hidden states at the target image's tokens.
-
-    Args:
-        enabled: add the head and its set loss.
-        loss_weight: weight of the set loss next to the LM loss.
-        hidden_dim: decoder width (multiple of 4 and of nhead).
-        num_queries: object queries = the most detections per image.
-        num_layers: decoder layers.
-        nhead: attention heads.
-        dim_feedforward: decoder MLP width.
-        dropout: decoder dropout.
-        aux_loss: losses on every decoder layer's predictions.
-        cost_class: matching weight of the class probability.
-        cost_bbox: matching weight of the L1 box distance.
-        cost_giou: matching weight of the GIoU.
-        weights: set-criterion term weights (``loss_ce``, ``loss_bbox``, ``loss_giou``, ``loss_obj``, ``loss_desc``).
-        eos_coef: class weight of "no object".
-        description: also classify each object's description over the training descriptions.
-    """
-
-    enabled: bool = False
-    loss_weight: float = 1.0
-    hidden_dim: int = 256
-    num_queries: int = 50
-    num_layers: int = 3
-    nhead: int = 8
-    dim_feedforward: int = 1024
-    dropout: float = 0.1
-    aux_loss: bool = True
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    weights: dict[str, float] = field(default_factory=dict)
-    eos_coef: float = 0.1
-    description: bool = True
+#: LoRA on the LLM's attention and MLP projections unless ``lora.target_modules`` names others
+LLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -149,6 +94,12 @@ class GenerationOptions:
     num_beams: int = 1
     repetition_penalty: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.num_beams < 1:
+            raise UserError("model.generation.max_new_tokens and num_beams must be >= 1")
+        if not self.repetition_penalty > 0:
+            raise UserError(f"model.generation.repetition_penalty must be > 0, got {self.repetition_penalty}")
+
 
 def vlm_param_groups(
     named: list[tuple[str, torch.nn.Parameter, str]],
@@ -157,74 +108,11 @@ def vlm_param_groups(
     weight_decay: float,
     lr_mult: dict[str, float],
 ) -> list[dict]:
-    """Optimizer param groups per (component, decay/no-decay) over ``(name, param, component)`` triples with
-    ``requires_grad``; 1-D parameters (norms, biases) get no weight decay. Each group carries ``lr``
-    (``lr * lr_mult[component]``), ``weight_decay``, ``lr_scale``, ``component``, ``name``, ``param_names``."""
-    buckets: dict[tuple[str, bool], dict] = {}
-    for name, p, comp in named:
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim <= 1
-        key = (comp, no_decay)
-        if key not in buckets:
-            scale = float(lr_mult.get(comp, 1.0))
-            buckets[key] = {
-                "params": [],
-                "param_names": [],
-                "lr": lr * scale,
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": scale,
-                "component": comp,
-                "name": f"{comp}/{'no_decay' if no_decay else 'decay'}",
-            }
-        buckets[key]["params"].append(p)
-        buckets[key]["param_names"].append(name)
-    if not buckets:
-        raise UserError("nothing to train: every component is frozen (see model.freeze)")
+    """:func:`~transferkit.tasks.optim.param_groups` over ``(name, param, component)`` triples: one group per
+    (component, decay/no-decay) at ``lr * lr_mult[component]``, components in :data:`COMPONENTS` order."""
     order = {c: i for i, c in enumerate(COMPONENTS)}
-    return sorted(buckets.values(), key=lambda g: (order[g["component"]], g["name"]))
-
-
-class VLMPredictionWriter(GroundingPredictionWriter):
-    """Writes ``predict`` answers as grounding JSONL (``<run>/predictions.jsonl`` by default), one record per
-    image::
-
-        {"images": ["/abs/img.png"], "width": W, "height": H, "objects": [{"bbox_2d": [x1, y1, x2, y2],
-         "desc": "red circle/large/visible", "category": "red circle"}], "response": "<the raw answer>",
-         "parse_failed": false, "repaired": false, "dropped_objects": 0}
-
-    Boxes are absolute pixels of the original image. The file appears atomically when prediction ends.
-
-    Args:
-        output: where to write; default ``<trainer.default_root_dir>/predictions.jsonl``.
-    """
-
-    def __init__(self, output: str | None = None) -> None:
-        super().__init__(output=output)
-
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        for record in prediction:
-            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.count += 1
-            self.failed += int(record["parse_failed"])
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_predict_start(trainer, pl_module)
-        self.failed = 0
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_predict_end(trainer, pl_module)
-        if self.count:
-            log.info("%d of %d answers held no parseable JSON (parse_failed)", self.failed, self.count)
+    entries = [(n, p, c, order[c], float(lr_mult.get(c, 1.0))) for n, p, c in named]
+    return param_groups(entries, lr=lr, weight_decay=weight_decay)
 
 
 class GroundingVLMTask(L.LightningModule):
@@ -234,14 +122,16 @@ class GroundingVLMTask(L.LightningModule):
     :mod:`transferkit.vlm.collate` for their keys).
     """
 
+    export_task = None  # a generative model: ship it with transformers' own tools, not transferkit export
+
     def __init__(
         self,
         model_path: str = "qwen2.5-vl-tiny",
         dtype: Literal["float32", "bfloat16", "auto"] = "float32",
         attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa",
         freeze: list[str] = ["vision"],  # noqa: B006 (jsonargparse reads the default from the signature)
-        lora: LoraOptions = LoraOptions(),
-        det_head: DetHeadOptions = DetHeadOptions(),
+        lora: LoraOptions | None = None,
+        det_head: DetHeadOptions | None = None,
         optimizer: OptimConfig = OptimConfig(),
         gradient_checkpointing: bool = False,
         generation: GenerationOptions = GenerationOptions(),
@@ -250,6 +140,7 @@ class GroundingVLMTask(L.LightningModule):
         num_preview_images: int = 8,
         class_names: list[str] | None = None,
         desc_vocab: list[str] | None = None,
+        label_from: Literal["category", "desc", "object"] = "category",
     ) -> None:
         """
         Args:
@@ -259,8 +150,9 @@ class GroundingVLMTask(L.LightningModule):
                 ``bfloat16`` (with ``bf16-true``) or ``auto`` (the checkpoint's).
             attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` (GPU; packed rows become varlen).
             freeze: Components kept fixed: any of ``vision``, ``merger``, ``llm``, ``det_head``.
-            lora: LoRA adapters on the LLM.
-            det_head: Optional DETR-style head on the LLM's hidden states.
+            lora: LoRA adapters on the LLM (None: none; empty ``target_modules``: its attention and MLP
+                projections).
+            det_head: An optional DETR-style head on the LLM's hidden states (None: none).
             optimizer: Optimiser and schedule; None fields take AdamW, blr 5e-5 (2e-3 with LoRA), weight decay 0,
                 warmup 0.1 epoch; ``lr_mult`` per component (default vision 0.1, merger 1, llm 1, det_head 10).
             gradient_checkpointing: Recompute activations in the backward pass (ViT blocks and LLM layers).
@@ -270,12 +162,13 @@ class GroundingVLMTask(L.LightningModule):
             save_frozen_weights: Keep frozen parameters in checkpoints; False drops them (they are reloaded
                 from ``model_path``), e.g. a LoRA checkpoint holds only the adapters.
             num_preview_images: Test images drawn with boxes into ``<run>/predictions/``.
-            class_names: Class names for mAP and the detection head (default: the datamodule's).
-            desc_vocab: Description vocabulary of the detection head (default: the datamodule's).
+            class_names: Class names for mAP and the detection head (linked from the datamodule by the CLI).
+            desc_vocab: Description vocabulary of the detection head (linked from the datamodule).
+            label_from: How an answered object's class is read for mAP, as the data reads it (linked).
         """
         super().__init__()
-        self.lora_cfg = as_dataclass(LoraOptions, lora)
-        self.det_cfg = as_dataclass(DetHeadOptions, det_head)
+        self.lora_cfg = as_dataclass(LoraOptions, lora) if lora is not None else None
+        self.det_cfg = as_dataclass(DetHeadOptions, det_head) if det_head is not None else None
         self.gen_cfg = as_dataclass(GenerationOptions, generation)
         opt = as_dataclass(OptimConfig, optimizer)
         self.save_hyperparameters()
@@ -285,7 +178,7 @@ class GroundingVLMTask(L.LightningModule):
             ("generation", self.gen_cfg),
             ("optimizer", opt),
         ):
-            self.hparams[key] = asdict(value)
+            self.hparams[key] = plain(value)
         unknown = set(freeze) - set(COMPONENTS)
         if unknown:
             raise UserError(
@@ -298,20 +191,15 @@ class GroundingVLMTask(L.LightningModule):
             raise UserError(
                 "layer_decay is not supported for vision-language models; use optimizer.lr_mult per component"
             )
-        if opt.scheduler not in ("cosine", "constant"):
-            raise UserError(f"unknown scheduler '{opt.scheduler}'; use 'cosine' or 'constant'")
-        if self.lora_cfg.enabled and "llm" in freeze:
-            raise UserError("lora.enabled trains adapters inside the LLM; remove 'llm' from model.freeze")
-        if self.det_cfg.enabled and (self.det_cfg.num_queries < 1 or self.det_cfg.num_layers < 1):
-            raise UserError("det_head.num_queries and det_head.num_layers must be >= 1")
-        unknown = set(self.det_cfg.weights) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise UserError(f"unknown det_head weight(s) {sorted(unknown)}; known: {list(DEFAULT_WEIGHTS)}")
-        if self.gen_cfg.max_new_tokens < 1 or self.gen_cfg.num_beams < 1:
-            raise UserError("generation.max_new_tokens and generation.num_beams must be >= 1")
+        if self.lora_cfg is not None and "llm" in freeze:
+            raise UserError("model.lora trains adapters inside the LLM; remove 'llm' from model.freeze")
+        if "det_head" in freeze and self.det_cfg is None:
+            raise UserError("model.freeze lists det_head, but there is no model.det_head")
+        if num_preview_images < 0:
+            raise UserError(f"model.num_preview_images must be >= 0, got {num_preview_images}")
         defaults = {
             **VLM_OPTIM_DEFAULTS,
-            "blr": LORA_BLR if self.lora_cfg.enabled else VLM_OPTIM_DEFAULTS["blr"],
+            "blr": LORA_BLR if self.lora_cfg is not None else VLM_OPTIM_DEFAULTS["blr"],
         }
         filled = {k: (getattr(opt, k) if getattr(opt, k) is not None else v) for k, v in defaults.items()}
         self.optim_cfg = OptimConfig(
@@ -323,9 +211,6 @@ class GroundingVLMTask(L.LightningModule):
         self.det_head: DetrHead | None = None
         self.criterion: SetCriterion | None = None
         self.final_metrics: dict[str, dict[str, Any]] = {}
-        self._previews: list[tuple[str, dict, dict]] = []
-        if class_names is not None:
-            self.configure_model()
 
     # ------------------------------------------------------------------ construction
     def _ensure_processor(self) -> Any:
@@ -333,56 +218,33 @@ class GroundingVLMTask(L.LightningModule):
             self.processor = load_processor(self.hparams.model_path)
         return self.processor
 
-    def bind_datamodule(self, dm: Any) -> None:
-        """Give ``dm`` the model's processor; take ``class_names``/``desc_vocab`` from it where not given."""
-        if hasattr(dm, "attach_processor"):
-            dm.attach_processor(self._ensure_processor())
-        for key in ("class_names", "desc_vocab"):
-            if self.hparams.get(key) is None and hasattr(dm, key):
-                set_hparam(self, key, list(getattr(dm, key)))
-
     def configure_model(self) -> None:
         """Load the model and processor, apply LoRA / freezing / checkpointing, build the optional head."""
-        if self._trainer is not None and getattr(self._trainer, "datamodule", None) is not None:
-            if self.vlm is None:
-                hparams_from_checkpoint(self, ("class_names", "desc_vocab"))
-            self.bind_datamodule(self._trainer.datamodule)  # every run: a new datamodule needs the processor
         if self.vlm is not None:
             return
         hp = self.hparams
         self._ensure_processor()
         self.vlm = load_vlm(hp.model_path, dtype=hp.dtype, attn_implementation=hp.attn_implementation)
         self.vlm.config.use_cache = False  # training never needs the KV cache; generate() turns it on
-        self.vlm.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
-        if self.lora_cfg.enabled:
+        if self.lora_cfg is not None:
             self._inject_lora()
         self._apply_freeze()
         if hp.gradient_checkpointing:
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.det_cfg.enabled:
+        if self.det_cfg is not None:
             self._build_det_head()
         self.end_token_ids = self._end_tokens()
-        kw = dict(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", class_metrics=True)
-        self.map_metrics = torch.nn.ModuleDict({s: MeanAveragePrecision(**kw) for s in ("val", "test")})
+        names = list(hp.class_names or [])
+        self.evaluator = DetectionEvaluator(names, num_previews=hp.num_preview_images)
+        if self.det_head is not None:
+            self.head_evaluator = DetectionEvaluator(names, num_previews=0)
         self.counts = torch.nn.ModuleDict(
             {
                 f"{s}_{k}": SumMetric()
                 for s in ("val", "test")
-                for k in (
-                    "answers",
-                    "failed",
-                    "repaired",
-                    "dropped",
-                    "objects",
-                    "correct",
-                    "matched",
-                    "nll",
-                    "tokens",
-                )
+                for k in ("answers", "failed", "repaired", "dropped", "objects", "nll", "tokens")
             }
         )
-        if self.det_head is not None:
-            self.head_map = torch.nn.ModuleDict({s: MeanAveragePrecision(**kw) for s in ("val", "test")})
         counts = self.component_counts()
         log.info(
             "grounding VLM %s: %s",
@@ -397,18 +259,14 @@ class GroundingVLMTask(L.LightningModule):
         from peft import LoraConfig, inject_adapter_in_model
 
         o = self.lora_cfg
+        targets = list(o.target_modules) or list(LLM_LORA_TARGETS)
         config = LoraConfig(
-            r=o.r,
-            lora_alpha=o.alpha,
-            lora_dropout=o.dropout,
-            target_modules=lora_target_regex(o.target_modules),
+            r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=lora_target_regex(targets)
         )
         try:
             inject_adapter_in_model(config, self.vlm)
         except ValueError as e:
-            raise UserError(
-                f"LoRA could not adapt the LLM with target_modules={o.target_modules}: {e}"
-            ) from None
+            raise UserError(f"LoRA could not adapt the LLM with target_modules={targets}: {e}") from None
 
     def _apply_freeze(self) -> None:
         frozen = set(self.hparams.freeze)
@@ -416,7 +274,7 @@ class GroundingVLMTask(L.LightningModule):
             comp = component_of(n)
             if comp in frozen:
                 p.requires_grad_(False)
-            elif comp == "llm" and self.lora_cfg.enabled:
+            elif comp == "llm" and self.lora_cfg is not None:
                 p.requires_grad_("lora_" in n)
             else:
                 p.requires_grad_(True)
@@ -424,28 +282,13 @@ class GroundingVLMTask(L.LightningModule):
     def _build_det_head(self) -> None:
         hp, d = self.hparams, self.det_cfg
         if not hp.class_names:
-            raise UserError("det_head needs class_names: train with a datamodule or set model.class_names")
-        num_descs = len(hp.desc_vocab or []) if d.description else 0
+            raise UserError(
+                "model.det_head needs class_names: train with a datamodule or set model.class_names"
+            )
+        num_descs = len(hp.desc_vocab or []) if d.loss.description else 0
         width = self.vlm.config.text_config.hidden_size
-        self.det_head = DetrHead(
-            [width],
-            len(hp.class_names),
-            num_descs,
-            hidden_dim=d.hidden_dim,
-            num_queries=d.num_queries,
-            num_layers=d.num_layers,
-            nhead=d.nhead,
-            dim_feedforward=d.dim_feedforward,
-            dropout=d.dropout,
-            aux_loss=d.aux_loss,
-        )
-        self.criterion = SetCriterion(
-            len(hp.class_names),
-            HungarianMatcher(d.cost_class, d.cost_bbox, d.cost_giou),
-            weight_dict=d.weights,
-            eos_coef=d.eos_coef,
-            losses=tuple(x for x in LOSSES if x != "desc" or num_descs > 0),
-        )
+        self.det_head = d.decoder.build([width], len(hp.class_names), num_descs)
+        self.criterion = d.loss.build(len(hp.class_names), d.matcher, num_descs)
         if "det_head" in hp.freeze:
             self.det_head.requires_grad_(False)
 
@@ -599,9 +442,7 @@ class GroundingVLMTask(L.LightningModule):
         ``len(class_names)``), ``desc`` (strings), ``parsed`` (:class:`~transferkit.vlm.parse.ParsedResponse`)."""
         names = list(self.hparams.class_names or [])
         index = {n: i for i, n in enumerate(names)}
-        label_from = getattr(getattr(self._trainer, "datamodule", None), "hparams", {}).get(
-            "label_from", "category"
-        )
+        label_from = self.hparams.label_from
         dets = []
         for text, meta in zip(texts, batch["meta"]):
             parsed = parse_response(text, warn=False)  # counted in the metrics / written per record
@@ -630,31 +471,16 @@ class GroundingVLMTask(L.LightningModule):
         c = self.counts
         c[f"{split}_nll"].update(out["nll_sum"].float())
         c[f"{split}_tokens"].update(out["tokens"].float())
+        gts = [{"boxes": m["boxes"], "labels": m["labels"], "desc": m["desc"]} for m in batch["meta"]]
         if self.det_head is not None:
             self.log(f"{split}/det_loss", out["det_loss"], batch_size=bs, sync_dist=True)
-            self._head_eval(out["det_outputs"], batch, split)
+            sizes = torch.tensor([list(m["orig_size"]) for m in batch["meta"]], device=self.device)
+            self.head_evaluator.update(split, postprocess(out["det_outputs"], sizes), gts)
         if split == "val" and not self.hparams.generate_on_val:
             return
         texts = self.generate_answers(batch)
         dets = self.answers_to_detections(texts, batch)
-        preds = [
-            {
-                "boxes": d["boxes"].to(self.device),
-                "scores": d["scores"].to(self.device),
-                "labels": d["labels"].to(self.device),
-            }
-            for d in dets
-        ]
-        gts = [
-            {"boxes": m["boxes"].to(self.device), "labels": m["labels"].to(self.device)}
-            for m in batch["meta"]
-        ]
-        self.map_metrics[split].update(preds, gts)
-        correct = matched = 0
-        for d, m in zip(dets, batch["meta"]):
-            pairs = match_for_description(d["boxes"], d["scores"], m["boxes"])
-            matched += len(pairs)
-            correct += sum(int(d["desc"][p] == m["desc"][q]) for p, q in pairs)
+        self.evaluator.update(split, dets, gts)
         dev = self.device
         for key, value in (
             ("answers", len(dets)),
@@ -662,23 +488,18 @@ class GroundingVLMTask(L.LightningModule):
             ("repaired", sum(d["parsed"].repaired for d in dets)),
             ("dropped", sum(d["parsed"].dropped for d in dets)),
             ("objects", sum(len(d["desc"]) for d in dets)),
-            ("correct", correct),
-            ("matched", matched),
         ):
             c[f"{split}_{key}"].update(torch.tensor(float(value), device=dev))
-        if split == "test" and len(self._previews) < self.hparams.num_preview_images:
-            for text, d, m in zip(texts, dets, batch["meta"]):
-                if len(self._previews) < self.hparams.num_preview_images:
-                    self._previews.append((text, {k: v for k, v in d.items() if k != "parsed"}, m))
+        if split == "test" and len(self.evaluator.previews) < self.evaluator.num_previews:
+            from torchvision.transforms.v2.functional import pil_to_tensor
 
-    def _head_eval(self, outputs: dict[str, Any], batch: dict[str, Any], split: str) -> None:
-        sizes = torch.tensor([list(m["orig_size"]) for m in batch["meta"]], device=self.device)
-        dets = postprocess(outputs, sizes)
-        gts = [
-            {"boxes": m["boxes"].to(self.device), "labels": m["labels"].to(self.device)}
-            for m in batch["meta"]
-        ]
-        self.head_map[split].update([{k: d[k] for k in ("boxes", "scores", "labels")} for d in dets], gts)
+            from transferkit.data.sources import load_rgb
+
+            for text, d, m in zip(texts, dets, batch["meta"]):
+                image = pil_to_tensor(load_rgb(m["image"]))
+                self.evaluator.keep_preview(
+                    image, m["boxes"], d["boxes"], list(d["desc"]), note=f"{m['image']}\n{text}"
+                )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -696,36 +517,22 @@ class GroundingVLMTask(L.LightningModule):
         nll, tokens = self._count(split, "nll"), self._count(split, "tokens")
         result: dict[str, Any] = {"loss": nll / tokens if tokens else None, "answer_tokens": int(tokens)}
         generated = split != "val" or self.hparams.generate_on_val
+        answers = self._count(split, "answers")
+        parse = {k: self._count(split, k) for k in ("failed", "repaired", "dropped", "objects")}
         if generated:
-            metric = self.map_metrics[split]
-            m = metric.compute()
-            metric.reset()
-            answers = self._count(split, "answers")
-            matched, correct = self._count(split, "matched"), self._count(split, "correct")
-            scalars = {k: float(m[k]) for k in MAP_KEYS}
-            names = list(self.hparams.class_names or [])
-            classes = m["classes"].flatten().tolist()
-            per_class = m["map_per_class"].flatten().tolist()
+            result.update(self.evaluator.compute(split))
             result.update(
-                scalars,
-                desc_acc=correct / matched if matched else 0.0,
-                desc_matched=int(matched),
-                parse_failure_rate=self._count(split, "failed") / answers if answers else 0.0,
-                repaired_rate=self._count(split, "repaired") / answers if answers else 0.0,
-                dropped_objects=int(self._count(split, "dropped")),
-                objects_per_answer=self._count(split, "objects") / answers if answers else 0.0,
+                parse_failure_rate=parse["failed"] / answers if answers else 0.0,
+                repaired_rate=parse["repaired"] / answers if answers else 0.0,
+                dropped_objects=int(parse["dropped"]),
+                objects_per_answer=parse["objects"] / answers if answers else 0.0,
                 answers=int(answers),
-                per_class_ap={names[c]: float(a) for c, a in zip(classes, per_class) if 0 <= c < len(names)},
             )
             for k in (*MAP_KEYS, "desc_acc", "parse_failure_rate"):
                 self.log(f"{split}/{k}", float(result[k]), prog_bar=k in ("map_50", "parse_failure_rate"))
-        else:
-            for k in ("answers", "failed", "repaired", "dropped", "objects", "correct", "matched"):
-                self.counts[f"{split}_{k}"].reset()
         if self.det_head is not None:
-            hm = self.head_map[split].compute()
-            self.head_map[split].reset()
-            result["det_head"] = {k: float(hm[k]) for k in MAP_KEYS}
+            head = self.head_evaluator.compute(split, with_descriptions=False)
+            result["det_head"] = {k: head[k] for k in MAP_KEYS}
             self.log(f"{split}/head_map_50", result["det_head"]["map_50"])
         self.final_metrics[split] = result
 
@@ -733,42 +540,11 @@ class GroundingVLMTask(L.LightningModule):
         self._eval_epoch_end("val")
 
     def on_test_epoch_start(self) -> None:
-        self._previews = []
+        self.evaluator.start_test()
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-        if self._previews and self.trainer.is_global_zero and self.trainer.default_root_dir:
-            self.save_previews(Path(self.trainer.default_root_dir) / "predictions")
-        self._previews = []
-
-    def save_previews(self, out_dir: Path, scale: int = 4) -> list[Path]:
-        """Draw the kept test images (upscaled ``scale`` x) with ground truth (green) and parsed answers (red,
-        labelled with their description) into ``out_dir/test_*.png``; the raw answers go to ``answers.txt``."""
-        from torchvision.io import write_png
-        from torchvision.transforms.v2.functional import pil_to_tensor
-        from torchvision.utils import draw_bounding_boxes
-
-        from transferkit.data.sources import load_rgb
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths, lines = [], []
-        for i, (text, det, meta) in enumerate(self._previews):
-            img = pil_to_tensor(load_rgb(meta["image"]))
-            big = torch.nn.functional.interpolate(img[None].float(), scale_factor=scale, mode="nearest")[0]
-            canvas = big.clamp(0, 255).to(torch.uint8)
-            if len(meta["boxes"]):
-                canvas = draw_bounding_boxes(canvas, meta["boxes"] * scale, colors="lime", width=1)
-            if len(det["boxes"]):
-                canvas = draw_bounding_boxes(
-                    canvas, det["boxes"] * scale, labels=det["desc"], colors="red", width=2
-                )
-            path = out_dir / f"test_{i:02d}.png"
-            write_png(canvas, str(path))
-            paths.append(path)
-            lines.append(f"test_{i:02d} {meta['image']}\n{text}\n")
-        (out_dir / "answers.txt").write_text("\n".join(lines), encoding="utf-8")
-        log.info("drew %d test images with boxes into %s", len(paths), out_dir)
-        return paths
+        self.evaluator.end_test(self.trainer)
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
@@ -801,11 +577,19 @@ class GroundingVLMTask(L.LightningModule):
         return records
 
     def configure_callbacks(self) -> list:
-        """A :class:`VLMPredictionWriter` unless the trainer already has one."""
-        trainer_cbs = self.trainer.callbacks if self._trainer is not None else []
-        if any(isinstance(c, GroundingPredictionWriter) for c in trainer_cbs):
+        """A :class:`~transferkit.tasks.writers.GroundingPredictionWriter` (every answered object kept: they carry
+        no score) unless the trainer has a writer."""
+        from transferkit.tasks.writers import GroundingPredictionWriter, PredictionWriter
+
+        if self._trainer is not None and any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
             return []
-        return [VLMPredictionWriter()]
+        return [GroundingPredictionWriter(score_threshold=0.0)]
+
+    def image_backbone(self) -> None:
+        return None  # a vision-language model, not an image backbone (components: describe())
+
+    def on_train_epoch_start(self) -> None:
+        apply_train_modes(self)
 
     # ------------------------------------------------------------------ dry run (--validate_only)
     def dry_run_step(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -871,8 +655,8 @@ class GroundingVLMTask(L.LightningModule):
             "attn_implementation": hp.attn_implementation,
             "freeze": list(hp.freeze),
             "components": self.component_counts() if self.vlm is not None else None,
-            "lora": asdict(self.lora_cfg),
-            "det_head": asdict(self.det_cfg),
+            "lora": plain(self.lora_cfg),
+            "det_head": plain(self.det_cfg),
             "generation": asdict(self.gen_cfg),
             "optimizer": asdict(self.optim_cfg),
             "num_classes": len(hp.class_names or []),

@@ -10,12 +10,12 @@ Param groups follow what the backbone declares (DESIGN.md, convention 2):
   groups) and ``head`` (every parameter outside the backbone).
 
 The optimiser itself comes from timm's factory (``sgd``, ``adamw``, ``lars``, ``lamb``, ...), so every
-optimiser timm knows is available by name.
+optimiser timm knows is available by name, and the schedule from transformers (linear warmup, then cosine to
+``min_lr`` or constant), stepped every optimiser step.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,6 +62,30 @@ class OptimConfig:
     scheduler: str = "cosine"
     min_lr: float = 0.0
 
+    def __post_init__(self) -> None:
+        k = "model.optimizer"
+        for name in ("blr", "lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserError(f"{k}.{name} must be > 0, got {value}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise UserError(f"{k}.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"{k}.momentum must be in [0, 1), got {self.momentum}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"{k}.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"{k}.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.warmup_epochs is not None and not self.warmup_epochs >= 0:
+            raise UserError(f"{k}.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.min_lr <= 1:
+            raise UserError(f"{k}.min_lr is a fraction of the peak LR in [0, 1], got {self.min_lr}")
+        if self.scheduler not in ("cosine", "constant"):
+            raise UserError(f"{k}.scheduler must be 'cosine' or 'constant', got '{self.scheduler}'")
+        bad = {c: m for c, m in self.lr_mult.items() if not m > 0}
+        if bad:
+            raise UserError(f"{k}.lr_mult values must be > 0, got {bad}")
+
 
 #: Defaults per adaptation paradigm (MAE/DINOv2 recipes, scaled down to small data).
 ADAPTATION_DEFAULTS: dict[str, dict] = {
@@ -79,9 +103,9 @@ def resolve_optim_config(cfg: OptimConfig, adaptation: str) -> OptimConfig:
     values = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else defaults.get(k)) for k in defaults}
     unknown = set(cfg.lr_mult) - set(COMPONENTS)
     if unknown:
-        raise UserError(f"unknown lr_mult component(s) {sorted(unknown)}; use {list(COMPONENTS)}")
-    if cfg.scheduler not in ("cosine", "constant"):
-        raise UserError(f"unknown scheduler '{cfg.scheduler}'; use 'cosine' or 'constant'")
+        raise UserError(
+            f"unknown model.optimizer.lr_mult component(s) {sorted(unknown)}; use {list(COMPONENTS)}"
+        )
     return OptimConfig(**{**cfg.__dict__, **values})
 
 
@@ -135,6 +159,41 @@ def layer_ids(backbone: Backbone) -> tuple[dict[str, int], int]:
     return ids, len(groups)
 
 
+def param_groups(
+    named: Iterable[tuple[str, nn.Parameter, str, int, float]],
+    *,
+    lr: float,
+    weight_decay: float,
+    no_decay: set[str] = frozenset(),
+) -> list[dict]:
+    """The one param-group builder: ``named`` holds ``(name, parameter, component, layer_id, lr_scale)``; only
+    parameters with ``requires_grad`` enter. One group per (component, layer, decay or not): 1-D parameters and
+    ``no_decay`` names get no weight decay. Each group carries ``lr`` (``lr * lr_scale``), ``weight_decay``, and
+    the bookkeeping keys ``lr_scale``, ``component``, ``layer_id``, ``name`` and ``param_names``."""
+    buckets: dict[tuple[str, int, bool], dict] = {}
+    for name, p, component, layer_id, scale in named:
+        if not p.requires_grad:
+            continue
+        nd = p.ndim <= 1 or name in no_decay
+        key = (component, layer_id, nd)
+        if key not in buckets:
+            buckets[key] = {
+                "params": [],
+                "param_names": [],
+                "lr": lr * scale,
+                "weight_decay": 0.0 if nd else weight_decay,
+                "lr_scale": scale,
+                "component": component,
+                "layer_id": layer_id,
+                "name": f"{component}/layer{layer_id}/{'no_decay' if nd else 'decay'}",
+            }
+        buckets[key]["params"].append(p)
+        buckets[key]["param_names"].append(name)
+    if not buckets:
+        raise UserError("nothing to train: every parameter is frozen")
+    return sorted(buckets.values(), key=lambda g: (g["layer_id"], g["component"], g["name"]))
+
+
 def build_param_groups(
     backbone: Backbone,
     head: nn.Module | Iterable[tuple[str, nn.Parameter]],
@@ -144,46 +203,22 @@ def build_param_groups(
     layer_decay: float = 1.0,
     lr_mult: dict[str, float] | None = None,
 ) -> list[dict]:
-    """Param groups for ``backbone`` + ``head`` (only parameters with ``requires_grad``).
-
-    Each group carries ``lr``, ``weight_decay``, and bookkeeping keys ``lr_scale`` (layer decay x component
-    multiplier), ``component``, ``layer_id`` and ``name`` so schedules and tests can inspect it.
-    """
+    """:func:`param_groups` of ``backbone`` + ``head``: layer decay from the backbone's ``layer_groups()``
+    (group g of G gets ``layer_decay ** (G - 1 - g)``), components ``patch_embed`` (group 0), ``backbone``
+    and ``head``, no weight decay on the backbone's ``no_weight_decay()`` names."""
     lr_mult = {**dict.fromkeys(COMPONENTS, 1.0), **(lr_mult or {})}
     ids, num_groups = layer_ids(backbone)
-    skip = set(backbone.no_weight_decay())
-    buckets: dict[tuple[str, int, bool], dict] = {}
-
-    def add(name: str, p: nn.Parameter, component: str, layer_id: int, scale: float, no_decay: bool) -> None:
-        key = (component, layer_id, no_decay)
-        if key not in buckets:
-            buckets[key] = {
-                "params": [],
-                "param_names": [],
-                "lr": lr * scale,
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": scale,
-                "component": component,
-                "layer_id": layer_id,
-                "name": f"{component}/layer{layer_id}/{'no_decay' if no_decay else 'decay'}",
-            }
-        buckets[key]["params"].append(p)
-        buckets[key]["param_names"].append(name)
-
+    named = []
     for n, p in backbone.named_parameters():
-        if not p.requires_grad:
-            continue
         g = ids[n]
         component = "patch_embed" if g == 0 else "backbone"
-        scale = layer_decay ** (num_groups - 1 - g) * lr_mult[component]
-        add(f"backbone.{n}", p, component, g, scale, p.ndim <= 1 or n in skip)
+        named.append(
+            (f"backbone.{n}", p, component, g, layer_decay ** (num_groups - 1 - g) * lr_mult[component])
+        )
     head_params = head.named_parameters() if isinstance(head, nn.Module) else head
-    for n, p in head_params:
-        if p.requires_grad:
-            add(f"head.{n}", p, "head", num_groups, lr_mult["head"], p.ndim <= 1)
-    if not buckets:
-        raise UserError("nothing to train: every parameter is frozen")
-    return sorted(buckets.values(), key=lambda g: (g["layer_id"], g["component"], g["name"]))
+    named += [(f"head.{n}", p, "head", num_groups, lr_mult["head"]) for n, p in head_params]
+    no_decay = {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    return param_groups(named, lr=lr, weight_decay=weight_decay, no_decay=no_decay)
 
 
 def backbone_head_param_groups(
@@ -191,12 +226,7 @@ def backbone_head_param_groups(
 ) -> list[dict]:
     """:func:`build_param_groups` with ``cfg``'s weight decay, layer decay and LR multipliers."""
     return build_param_groups(
-        backbone,
-        head,
-        lr=lr,
-        weight_decay=cfg.weight_decay,
-        layer_decay=cfg.layer_decay,
-        lr_mult=cfg.lr_mult,
+        backbone, head, lr=lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, lr_mult=cfg.lr_mult
     )
 
 
@@ -230,29 +260,16 @@ def lightning_optimizers(param_groups: list[dict], cfg: OptimConfig, trainer: L.
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float, cosine: bool) -> float:
-    """LR multiplier at ``step``: linear warmup to 1, then cosine to ``min_ratio`` (or constant 1)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if not cosine:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def create_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step warmup + cosine; LambdaLR multiplies each group's own LR, so layer/component ratios hold."""
+    """Per-step linear warmup over ``warmup_epochs``, then cosine to ``min_lr`` x peak (or constant):
+    transformers' schedules, which scale each group's own LR, so layer/component ratios hold."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
     warmup = round((cfg.warmup_epochs or 0.0) * steps_per_epoch)
-
-    def fn(step: int) -> float:
-        return warmup_cosine(
-            step,
-            warmup_steps=warmup,
-            total_steps=total_steps,
-            min_ratio=cfg.min_lr,
-            cosine=cfg.scheduler == "cosine",
-        )
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    if cfg.scheduler == "constant":
+        return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, min_lr_rate=cfg.min_lr
+    )

@@ -48,8 +48,7 @@ from torch import nn
 from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
-from transferkit.tasks.classification import as_dataclass
-from transferkit.tasks.common import set_hparam
+from transferkit.tasks.modes import apply_train_modes
 from transferkit.tasks.optim import (
     OptimConfig,
     backbone_head_param_groups,
@@ -60,6 +59,7 @@ from transferkit.tasks.optim import (
     scaled_lr,
     training_steps,
 )
+from transferkit.tasks.options import as_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ class DinoHeadOptions:
     use_bn: bool = False
     norm_last_layer: bool = True
 
+    def __post_init__(self) -> None:
+        if self.out_dim < 2:
+            raise UserError(f"model.head.out_dim must be >= 2, got {self.out_dim}")
+        for name in ("hidden_dim", "bottleneck_dim", "nlayers"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.head.{name} must be >= 1, got {getattr(self, name)}")
+
 
 @dataclass
 class DinoLossOptions:
@@ -108,6 +115,17 @@ class DinoLossOptions:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"model.loss.{name} must be > 0, got {getattr(self, name)}")
+        if self.warmup_teacher_temp_epochs < 0:
+            raise UserError(
+                f"model.loss.warmup_teacher_temp_epochs must be >= 0, got {self.warmup_teacher_temp_epochs}"
+            )
+        if not 0 <= self.center_momentum < 1:
+            raise UserError(f"model.loss.center_momentum must be in [0, 1), got {self.center_momentum}")
 
 
 # ---------------------------------------------------------------------- pieces of the reference code
@@ -267,6 +285,8 @@ class DinoContinuation(L.LightningModule):
     #: no validation metric: self-supervised runs keep the latest weights, so best.ckpt is the last epoch
     #: (monitoring the epoch counter; two unmonitored ModelCheckpoints cannot coexist in one Trainer)
     checkpoint_monitor = ("train/epoch", "max")
+    #: the continued backbone is the product (``<run>/backbone``); fit a probe on it to export a classifier
+    export_task = None
 
     def __init__(
         self,
@@ -299,9 +319,9 @@ class DinoContinuation(L.LightningModule):
             freeze_blocks: keep the input embedding and the first N blocks of the backbone frozen.
             save_weights: backbone written to ``<run>/backbone`` at the end: ``teacher`` (DINO evaluates the
                 teacher) or ``student``.
-            image_size: size the backbone is built at (default: the datamodule's global crop size).
-            crop_sizes: side length of each crop in a batch (default: the datamodule's; checked against the
-                backbone's patch size).
+            image_size: size the backbone is built at (linked from the datamodule's global crop size).
+            crop_sizes: side length of each crop in a batch (linked from the datamodule; each checked against
+                the backbone's input sizes).
         """
         super().__init__()
         self.backbone_cfg = as_dataclass(BackboneConfig, backbone)
@@ -323,15 +343,15 @@ class DinoContinuation(L.LightningModule):
             self.hparams[key] = asdict(value)
         if not 0.0 <= momentum_teacher <= momentum_teacher_end <= 1.0:
             raise UserError(
-                f"need 0 <= momentum_teacher <= momentum_teacher_end <= 1, got {momentum_teacher}, "
+                f"model.momentum_teacher and momentum_teacher_end need 0 <= start <= end <= 1, got {momentum_teacher}, "
                 f"{momentum_teacher_end}"
             )
         if freeze_blocks < 0 or freeze_last_layer < 0:
             raise UserError("freeze_blocks and freeze_last_layer must be >= 0")
         if save_weights not in ("teacher", "student"):
-            raise UserError(f"save_weights must be 'teacher' or 'student', got '{save_weights}'")
-        if self.head_cfg.out_dim < 2:
-            raise UserError(f"head.out_dim must be >= 2, got {self.head_cfg.out_dim}")
+            raise UserError(f"model.save_weights must be 'teacher' or 'student', got '{save_weights}'")
+        if not weight_decay_end >= 0:
+            raise UserError(f"model.weight_decay_end must be >= 0, got {weight_decay_end}")
         self.student: MultiCropWrapper | None = None
         self.teacher: MultiCropWrapper | None = None
         self.dino_loss: DINOLoss | None = None
@@ -342,34 +362,21 @@ class DinoContinuation(L.LightningModule):
         self._last_ema_step = -1
         self._epoch_losses: list[float] = []
         self._first_epoch_loss: float | None = None
-        if image_size is not None:
-            self.configure_model()
 
     # ------------------------------------------------------------------ construction
-    def bind_datamodule(self, dm: Any) -> None:
-        """Take ``image_size`` and ``crop_sizes`` from the datamodule where not given."""
-        for key in ("image_size", "crop_sizes"):
-            if self.hparams.get(key) is None and hasattr(dm, key):
-                value = getattr(dm, key)
-                set_hparam(self, key, list(value) if key == "crop_sizes" else value)
-
     def configure_model(self) -> None:
         if self.student is not None:
             return
-        if self._trainer is not None and getattr(self._trainer, "datamodule", None) is not None:
-            self.bind_datamodule(self._trainer.datamodule)
         hp = self.hparams
         image_size = int(hp.image_size or 224)
         crop_sizes = list(hp.crop_sizes or [image_size, image_size])
         backbone = build_backbone_from_config(self.backbone_cfg, image_size=image_size)
-        if backbone.family == "language":
-            bad = sorted({s for s in crop_sizes if s % backbone.patch_size})
-            if bad:
-                raise UserError(
-                    f"crop sizes {bad} are not multiples of the patch size {backbone.patch_size} of '{backbone.name}'; "
-                    f"set data.image_size / data.local_crop_size to multiples of {backbone.patch_size}"
-                )
-        self._freeze(backbone)
+        for size in sorted(
+            set(crop_sizes)
+        ):  # the global and the local crops (data.image_size/local_crop_size)
+            backbone.check_input_size(size)
+        if hp.freeze_blocks:
+            backbone.set_trainable(backbone.frozen_names(hp.freeze_blocks))
         head = DINOHead(backbone.pooled_dim(), self.head_cfg)
         self.student = MultiCropWrapper(backbone, head)
         self.teacher = copy.deepcopy(self.student)
@@ -388,18 +395,6 @@ class DinoContinuation(L.LightningModule):
             trainable / 1e6,
         )
 
-    def _freeze(self, backbone: Backbone) -> None:
-        n = int(self.hparams.freeze_blocks)
-        if n == 0:
-            return
-        groups = backbone.layer_groups()
-        if n > len(groups) - 2:
-            raise UserError(f"freeze_blocks={n} but backbone '{backbone.name}' has {len(groups) - 2} blocks")
-        frozen = {name for g in groups[: n + 1] for name in g} - backbone.new_parameter_names()
-        for name, p in backbone.named_parameters():
-            if name in frozen:
-                p.requires_grad_(False)
-
     # ------------------------------------------------------------------ forward
     def forward(self, crops: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Student projections: crops (list of (B, 3, S, S) in [0, 1]) -> (n_crops * B, out_dim) logits."""
@@ -415,10 +410,10 @@ class DinoContinuation(L.LightningModule):
         }
 
     def on_train_epoch_start(self) -> None:
-        # Lightning keeps the modes modules were built in (from_pretrained returns eval mode): the student
-        # trains with its dropout / drop-path; the teacher has them off but normalises with batch statistics
-        self.student.train()
-        set_teacher_mode(self.teacher)
+        # the student trains with its dropout / drop-path (frozen blocks excepted); the teacher, frozen, has
+        # them off but normalises with batch statistics, as in the reference
+        teacher_bn = [m for m in self.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        apply_train_modes(self, keep_train=teacher_bn)
         self._epoch_losses = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -549,7 +544,7 @@ class DinoContinuation(L.LightningModule):
         """Write the continued backbone to ``<run>/backbone`` (rank zero)."""
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        from transferkit.backbones.saved import save_backbone
+        from transferkit.backbones import save_backbone
 
         which = self.hparams.save_weights
         backbone = (self.teacher if which == "teacher" else self.student).backbone
@@ -576,6 +571,9 @@ class DinoContinuation(L.LightningModule):
         log.info(
             "wrote the continued %s backbone to %s (use it as --model.backbone.name %s)", which, out, out
         )
+
+    def image_backbone(self) -> Backbone | None:
+        return self.student.backbone if self.student is not None else None
 
     def describe(self) -> dict[str, Any]:
         """Run facts for metrics.json."""

@@ -1,6 +1,6 @@
 """Vision-language grounding: chats with target spans (:mod:`.chat`), padded/packed collators
 (:mod:`.collate`), the answer parser (:mod:`.parse`) and the offline tiny Qwen2.5-VL (:mod:`.tiny`).
-The model loader is :mod:`transferkit.backbones.vlm`, the task :mod:`transferkit.tasks.grounding_vlm`, the
+The model loader is :mod:`transferkit.vlm.model`, the task :mod:`transferkit.tasks.grounding_vlm`, the
 DataModule :mod:`transferkit.vlm.data`."""
 
 from transferkit.vlm.chat import (

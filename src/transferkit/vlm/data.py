@@ -2,8 +2,9 @@
 
 Files and splits are read exactly as :class:`~transferkit.data.detection.DetectionDataModule` reads them
 (grounding JSONL, COCO json or the built-in shapes set; ``class_names`` and ``desc_vocab`` likewise). Each
-sample becomes a chat (:mod:`transferkit.vlm.chat`) tokenized by the model's processor, which the task
-attaches (:meth:`VLMGroundingDataModule.attach_processor`) before loaders are built.
+sample becomes a chat (:mod:`transferkit.vlm.chat`) tokenized by the model's processor, loaded from
+``processor_path`` (linked by the CLI from the task's ``model_path``) or attached
+(:meth:`VLMGroundingDataModule.attach_processor`) before loaders are built.
 
 In-context demonstrations: for a training sample, with probability ``demo_ratio`` the chat is preceded by
 1..``max_demos`` (uniform) demonstration turns — image(s) + answer — drawn without replacement from the
@@ -241,6 +242,7 @@ class VLMGroundingDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        processor_path: str | None = None,
     ) -> None:
         """
         Args:
@@ -275,6 +277,8 @@ class VLMGroundingDataModule(L.LightningDataModule):
             seed: Seed of the training order, the validation hold-out and the evaluation demonstrations.
             pin_memory: Pin host memory; default: when CUDA is available.
             persistent_workers: Keep loader workers alive between epochs (with ``num_workers > 0``).
+            processor_path: The model whose processor tokenizes the chats (the CLI links it from
+                ``model.model_path``); or call :meth:`attach_processor`.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -324,6 +328,11 @@ class VLMGroundingDataModule(L.LightningDataModule):
     def desc_vocab(self) -> list[str]:
         return self.records.desc_vocab
 
+    @property
+    def label_from(self) -> str:
+        """How an object's class is read (``category``, ``desc`` or ``object``)."""
+        return self.records.label_from
+
     # ------------------------------------------------------------------ processor
     def attach_processor(self, processor: Any) -> None:
         """Use ``processor`` (the model's) to tokenize; applies ``min_pixels``/``max_pixels`` to its image
@@ -342,10 +351,14 @@ class VLMGroundingDataModule(L.LightningDataModule):
         self.processor = processor
 
     def _require_processor(self) -> Any:
+        if self.processor is None and self.hparams.processor_path:
+            from transferkit.vlm.model import load_processor
+
+            self.attach_processor(load_processor(self.hparams.processor_path))
         if self.processor is None:
             raise UserError(
-                "VLMGroundingDataModule has no processor: use it with a vision-language task "
-                "(transferkit.tasks.grounding_vlm.GroundingVLMTask), which attaches the model's processor"
+                "VLMGroundingDataModule has no processor: give data.processor_path (the CLI links it from "
+                "model.model_path of a grounding task) or call attach_processor"
             )
         return self.processor
 

@@ -133,7 +133,7 @@ def make_tiny_qwen2_5_vl(
 ) -> Path:
     """Write a tiny random-init Qwen2.5-VL model + processor to ``out`` with ``save_pretrained``.
 
-    Returns ``out``. Load it with :func:`transferkit.backbones.vlm.load_vlm` (or transformers'
+    Returns ``out``. Load it with :func:`transferkit.vlm.model.load_vlm` (or transformers'
     ``from_pretrained``). ``min_pixels``/``max_pixels`` bound the image area after Qwen's smart resize.
     """
     from transformers import (

@@ -202,7 +202,7 @@ class DetectionDataModule(L.LightningDataModule):
     """Object detection with descriptions over grounding JSONL, COCO json or the built-in shapes set.
 
     ``class_names`` (sorted labels of all splits) and ``desc_vocab`` (sorted descriptions of the training
-    split) are known after construction; a model binds to them.
+    split) are known after construction; the CLI links them into the task's init arguments.
     """
 
     def __init__(
@@ -261,11 +261,11 @@ class DetectionDataModule(L.LightningDataModule):
         if source not in DETECTION_SOURCES:
             raise UserError(f"unknown detection source '{source}'; choose one of {list(DETECTION_SOURCES)}")
         if label_from not in LABEL_FROM:
-            raise UserError(f"label_from must be one of {list(LABEL_FROM)}, got '{label_from}'")
+            raise UserError(f"data.label_from must be one of {list(LABEL_FROM)}, got '{label_from}'")
         if int(image_size) < 8 or int(batch_size) < 1 or num_workers < 0:
-            raise UserError("image_size must be >= 8, batch_size >= 1 and num_workers >= 0")
+            raise UserError("data.image_size must be >= 8, batch_size >= 1 and num_workers >= 0")
         if not 0.0 < val_fraction < 1.0:
-            raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.source = source
         self.shapes_cfg = shapes if isinstance(shapes, ShapesConfig) else ShapesConfig(**(shapes or {}))
         self.hparams["shapes"] = asdict(self.shapes_cfg)  # plain data, so checkpoints load with weights_only

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from transferkit.backbones.vlm import (
+from transferkit.errors import UserError
+from transferkit.vlm.model import (
     component_of,
     component_parameters,
     load_processor,
     load_vlm,
     lora_target_regex,
 )
-from transferkit.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
