@@ -129,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201
         return 2
-    except SystemExit as e:  # --help, --print_config
+    except SystemExit as e:  # --help, --print_config; Lightning's SIGTERMException is one too
+        if type(e).__name__ == "SIGTERMException":
+            message = "error: stopped by SIGTERM (the checkpoint it left resumes with --ckpt_path last)"
+            print(message, file=sys.stderr)  # noqa: T201
+            return 143  # 128 + SIGTERM, what a shell reports for a job ended by the signal
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, _get_module_type
@@ -26,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from transferkit.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from transferkit.errors import OneLineErrors, UserError, user_error_in
 from transferkit.runs import RunDir, check_run_name
 from transferkit.tasks.protocol import DATA_LINKS, Task, check_task
@@ -74,6 +76,29 @@ class RunStartMarker(Callback):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._mark(trainer)
+
+
+class InterruptCheckpoint(Callback):
+    """On SIGTERM (a cluster pre-empting the job) or Ctrl-C during ``fit``: save ``checkpoints/last.ckpt``
+    where training stopped, so ``--ckpt_path last`` resumes it; the command then exits non-zero (143 for
+    SIGTERM). Lightning's own ``OnExceptionCheckpoint`` would also save on errors before training started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if (
+            not isinstance(exception, SIGTERMException | KeyboardInterrupt)
+            or trainer.state.fn != TrainerFn.FITTING
+        ):
+            return
+        trainer.save_checkpoint(str(self.path))
+        log.warning(
+            "interrupted (%s): saved %s; resume with --ckpt_path last", type(exception).__name__, self.path
+        )
 
 
 class _LinkAwareInstantiator(_LightningInstantiator):
@@ -240,10 +265,7 @@ class TransferkitCLI(LightningCLI):
         ckpt = self._sub().get("ckpt_path")
         if not ckpt or not Path(ckpt).is_file():
             return
-        hparams = torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True).get(
-            "hyper_parameters", {}
-        )
-        hparams = dict(hparams)
+        hparams = dict(read_checkpoint(ckpt, mmap=True).get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         self.checkpoint_hparams = dict(hparams)
         if not hparams:
@@ -274,6 +296,11 @@ class TransferkitCLI(LightningCLI):
                     CSVLogger(str(self.run_dir), name="log", version=version),
                     TensorBoardLogger(str(self.run_dir), name="log", version=version),
                 ]
+            plugins = config.get("plugins") or []
+            plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                config["plugins"] = [*plugins, AtomicCheckpointIO()]
+            extra.append(InterruptCheckpoint(self.run_dir / "checkpoints" / "last.ckpt"))
             callbacks = config.get("callbacks") or []
             has_ckpt = any(isinstance(c, ModelCheckpoint) for c in callbacks)
             if config.get("enable_checkpointing", True) is not False and not has_ckpt:

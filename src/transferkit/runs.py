@@ -354,12 +354,12 @@ class LoadedRun:
 def load_run(run_dir: str | Path, ckpt_path: str = "best", device: str = "cpu") -> LoadedRun:
     """Open ``run_dir`` and load its task module from ``ckpt_path`` (``best``, ``last`` or a path).
 
-    The task class is ``model.class_path`` of ``config.yaml``; a backbone built from pretrained weights is
-    rebuilt with ``pretrained: false`` (every tensor comes from the checkpoint, nothing is downloaded).
+    The task class is ``model.class_path`` of ``config.yaml``. A checkpoint with every tensor rebuilds a
+    pretrained backbone with ``pretrained: false`` (nothing is downloaded); one saved without its frozen weights
+    (:mod:`transferkit.tasks.frozen`) loads them from the pretrained source and checks their digest.
     """
     import importlib
 
-    import torch
     from lightning.pytorch import LightningModule
 
     run = RunDir.open(run_dir)
@@ -377,17 +377,15 @@ def load_run(run_dir: str | Path, ckpt_path: str = "best", device: str = "cpu") 
     if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
         raise UserError(f"'{class_path}' in {run.config_file()} is not a LightningModule")
     ckpt = run.checkpoint(ckpt_path)
-    try:
-        raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError on broken files
-        raise UserError(
-            f"cannot read checkpoint {ckpt} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"the run has {', '.join(run.checkpoints()) or 'no other checkpoint'}"
-        ) from None
+    from transferkit.checkpoint_io import read_checkpoint
+
+    raw = read_checkpoint(ckpt, mmap=True)
     hp = raw.get("hyper_parameters") or {}
+    # a checkpoint without its frozen weights rebuilds them from the pretrained source (transferkit.tasks.frozen)
+    complete = "frozen_weights" not in raw
     del raw
     overrides: dict[str, Any] = {}
-    if isinstance(hp.get("backbone"), dict) and hp["backbone"].get("pretrained"):
+    if complete and isinstance(hp.get("backbone"), dict) and hp["backbone"].get("pretrained"):
         overrides["backbone"] = {**hp["backbone"], "pretrained": False}
     model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, **overrides)
     from transferkit.utils.devices import resolve_device

@@ -216,10 +216,9 @@ def test_checkpoints_can_omit_frozen_weights(tiny_dir, grounding_shapes):
     task, _ = build(tiny_dir, grounding_shapes, freeze=["vision"], save_frozen_weights=False)
     ckpt = {"state_dict": task.state_dict()}
     task.on_save_checkpoint(ckpt)
-    assert ckpt["frozen_weights_omitted"] and all(
-        k.startswith("vlm.model.visual.") for k in ckpt["frozen_weights_omitted"]
-    )
-    assert not any(k in ckpt["state_dict"] for k in ckpt["frozen_weights_omitted"])
+    omitted = ckpt["frozen_weights"]["omitted"]
+    assert omitted and all(k.startswith("vlm.model.visual.") for k in omitted)
+    assert not any(k in ckpt["state_dict"] for k in omitted)
     assert any(k.startswith("vlm.model.visual.merger.") for k in ckpt["state_dict"])
     fresh, _ = build(tiny_dir, grounding_shapes, freeze=["vision"], save_frozen_weights=False)
     fresh.on_load_checkpoint(ckpt)

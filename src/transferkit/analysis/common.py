@@ -73,9 +73,10 @@ def model_device(model: nn.Module) -> torch.device:
 def reference_backbone(run: LoadedRun, reference: str | None) -> tuple[Backbone | None, str]:
     """The backbone to compare the run's trained one with, and a description.
 
-    ``reference`` None: the run's starting point rebuilt from its config (exact for pretrained weights and
-    saved backbones; None for a random init, which cannot be reproduced). A ``.ckpt`` path: the backbone of that
-    classification checkpoint. Anything else: a backbone name or directory (``build_backbone``, pretrained).
+    ``reference`` None: the run's starting point rebuilt from its config, exactly: its pretrained weights and its
+    random-init parts (a language model's PatchEmbed, a random twin) drawn under the config's ``seed`` as the run
+    drew them. A ``.ckpt`` path: the backbone of that classification checkpoint. Anything else: a backbone name
+    or directory (``build_backbone``, pretrained).
     """
     from transferkit.backbones import BackboneConfig, build_backbone, build_backbone_from_config
 
@@ -86,12 +87,8 @@ def reference_backbone(run: LoadedRun, reference: str | None) -> tuple[Backbone 
         if not isinstance(cfg, BackboneConfig):
             cfg = BackboneConfig(**dict(cfg))
         bb = build_backbone_from_config(cfg, image_size=image_size)
-        if not bb.pretrained:
-            return None, (
-                f"the run started from a random init of '{cfg.name}', which cannot be rebuilt exactly; pass "
-                "--reference (a backbone name/dir or a .ckpt) to measure weight changes"
-            )
-        return bb.eval(), f"starting point: {cfg.name} (pretrained)"
+        how = "pretrained" if bb.pretrained else "random init"
+        return bb.eval(), f"starting point: {cfg.name} ({how}, seed {cfg.seed}), rebuilt as the run built it"
     path = Path(reference).expanduser()
     if path.suffix == ".ckpt":
         if not path.is_file():

@@ -14,6 +14,7 @@ A ``:random`` suffix on any of these builds the random-init twin (same architect
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -125,17 +126,20 @@ def build_backbone(
 
 
 def build_backbone_from_config(cfg: BackboneConfig, image_size: int) -> Backbone:
-    return build_backbone(
-        cfg.name,
-        cfg.pretrained,
-        image_size=image_size,
-        pooling=cfg.pooling,
-        patch_size=cfg.patch_size,
-        drop_path_rate=cfg.drop_path_rate,
-        keep_position_embeddings=cfg.keep_position_embeddings,
-        grad_checkpointing=cfg.grad_checkpointing,
-        **cfg.options,
-    )
+    """The backbone ``cfg`` describes, its random-init parts drawn under ``cfg.seed`` (the global RNG is left
+    as it was): the same config always gives the same starting weights."""
+    with seeded(cfg.seed):
+        return build_backbone(
+            cfg.name,
+            cfg.pretrained,
+            image_size=image_size,
+            pooling=cfg.pooling,
+            patch_size=cfg.patch_size,
+            drop_path_rate=cfg.drop_path_rate,
+            keep_position_embeddings=cfg.keep_position_embeddings,
+            grad_checkpointing=cfg.grad_checkpointing,
+            **cfg.options,
+        )
 
 
 def _is_timm_model(name: str) -> bool:
@@ -276,5 +280,6 @@ def resolve_backbone(
         raise UserError(
             f"backbone must be a name, a BackboneConfig or a Backbone, got {type(backbone).__name__}"
         )
-    with seeded(seed):
-        return build_backbone_from_config(backbone, image_size=image_size)
+    if seed is not None:
+        backbone = dataclasses.replace(backbone, seed=int(seed))
+    return build_backbone_from_config(backbone, image_size=image_size)

@@ -57,6 +57,9 @@ class BackboneConfig:
         keep_position_embeddings: language models: keep the LM's own position information.
         grad_checkpointing: recompute block activations in backward to save memory.
         options: extra keyword arguments passed to the adapter.
+        seed: seed of the parts built at random (a random-init twin, a language model's new PatchEmbed): the
+            same config rebuilds the same starting weights (checkpoints without frozen weights, analysis
+            against the start, compare's twins).
     """
 
     name: str = "minilm-l6"
@@ -67,6 +70,7 @@ class BackboneConfig:
     keep_position_embeddings: bool = True
     grad_checkpointing: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         k = "model.backbone"

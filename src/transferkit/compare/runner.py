@@ -110,7 +110,7 @@ def finetune_backbone(
     """
     from transferkit.lightning_cli import run_lightning
 
-    backbone: dict[str, Any] = {"name": name}
+    backbone: dict[str, Any] = {"name": name, "seed": seed}  # the same start as the probed backbone
     if patch_size is not None:
         backbone["patch_size"] = patch_size
     model = {

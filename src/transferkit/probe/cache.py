@@ -61,6 +61,7 @@ from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.utils.devices import default_device
+from transferkit.utils.digest import tensors_digest
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -234,16 +235,8 @@ def default_cache_dir() -> Path:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """blake2b of every parameter and buffer of ``module`` (names, dtypes, shapes and bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    tensors = list(module.named_parameters()) + list(module.named_buffers())
-    for name, t in sorted(tensors, key=lambda kv: kv[0]):
-        t = t.detach()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-        if t.numel():
-            flat = t.to("cpu").contiguous().reshape(-1).view(torch.uint8)
-            h.update(flat.numpy().data)
-    return h.hexdigest()
+    """:func:`~transferkit.utils.digest.tensors_digest` of every parameter and buffer of ``module``."""
+    return tensors_digest([*module.named_parameters(), *module.named_buffers()])
 
 
 def backbone_signature(backbone: Backbone) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.heads.classification import ClassificationHead
+from transferkit.tasks.frozen import FrozenWeightsCheckpoint
 from transferkit.tasks.modes import apply_train_modes
 from transferkit.tasks.optim import (
     OptimConfig,
@@ -76,7 +77,7 @@ class RegularizationOptions:
                 raise UserError(f"{k}.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(FrozenWeightsCheckpoint, L.LightningModule):
     """Backbone + classification head, trained by one Lightning loop for every paradigm.
 
     Batches are ``(images, labels)``: images (B, 3, H, W) float in [0, 1], labels (B,) int64.
@@ -98,6 +99,7 @@ class ImageClassifier(L.LightningModule):
         optimizer: OptimConfig = OptimConfig(),
         regularization: RegularizationOptions = RegularizationOptions(),
         lora: LoraOptions | None = None,
+        save_frozen_weights: bool = False,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         image_size: int | None = None,
@@ -115,6 +117,8 @@ class ImageClassifier(L.LightningModule):
             optimizer: optimiser and schedule; None fields take the adaptation's defaults.
             regularization: Mixup/CutMix/label smoothing/head dropout.
             lora: LoRA settings, for ``adaptation: lora`` only (None there: the defaults).
+            save_frozen_weights: keep the frozen backbone weights in checkpoints; false (default) stores what
+                trains and a digest of the rest, rebuilt from ``backbone`` on load (a probe checkpoint is KBs).
             num_classes: number of classes (linked from the datamodule by the CLI).
             class_names: class names (linked from the datamodule by the CLI).
             image_size: input size (linked from the datamodule by the CLI).

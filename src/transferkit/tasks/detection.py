@@ -39,6 +39,7 @@ from transferkit.heads.criterion import SetCriterion
 from transferkit.heads.detr import DetrHead, infer_grid, postprocess
 from transferkit.heads.matcher import HungarianMatcher, Matcher
 from transferkit.tasks.evaluation import DetectionEvaluator
+from transferkit.tasks.frozen import FrozenWeightsCheckpoint
 from transferkit.tasks.modes import apply_train_modes
 from transferkit.tasks.optim import (
     OptimConfig,
@@ -65,7 +66,7 @@ DETR_OPTIM_DEFAULTS: dict[str, Any] = dict(
 DETR_LR_MULT = {"patch_embed": 0.1, "backbone": 0.1}
 
 
-class DetectionTask(L.LightningModule):
+class DetectionTask(FrozenWeightsCheckpoint, L.LightningModule):
     """Backbone + DETR head, trained with Hungarian matching; evaluated with COCO mAP and description
     accuracy.
 
@@ -90,6 +91,7 @@ class DetectionTask(L.LightningModule):
         optimizer: OptimConfig = OptimConfig(),
         score: Literal["class", "objectness", "class_x_objectness"] = "class",
         num_preview_images: int = 8,
+        save_frozen_weights: bool = False,
         class_names: list[str] | None = None,
         desc_vocab: list[str] | None = None,
         image_size: int | None = None,
@@ -108,6 +110,8 @@ class DetectionTask(L.LightningModule):
                 ``lr_mult`` patch_embed/backbone 0.1).
             score: detection score: ``class`` (DETR), ``objectness`` or ``class_x_objectness``.
             num_preview_images: test images drawn with boxes into ``<run>/predictions/``.
+            save_frozen_weights: keep frozen backbone weights in checkpoints; false (default) stores what trains
+                and a digest of the rest, rebuilt from ``backbone`` on load.
             class_names: class names (linked from the datamodule by the CLI; a checkpoint's own win on load).
             desc_vocab: description vocabulary (linked from the datamodule's training descriptions).
             image_size: input size (linked from the datamodule).

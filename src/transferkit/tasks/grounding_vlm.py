@@ -47,6 +47,7 @@ from transferkit.errors import UserError
 from transferkit.heads.criterion import DEFAULT_WEIGHTS, SetCriterion
 from transferkit.heads.detr import DetrHead, postprocess
 from transferkit.tasks.evaluation import MAP_KEYS, DetectionEvaluator
+from transferkit.tasks.frozen import FrozenWeightsCheckpoint
 from transferkit.tasks.modes import apply_train_modes
 from transferkit.tasks.optim import (
     OptimConfig,
@@ -115,7 +116,7 @@ def vlm_param_groups(
     return param_groups(entries, lr=lr, weight_decay=weight_decay)
 
 
-class GroundingVLMTask(L.LightningModule):
+class GroundingVLMTask(FrozenWeightsCheckpoint, L.LightningModule):
     """Qwen2.5-VL fine-tuned to answer grounding JSON (module docstring).
 
     Batches come from :class:`~transferkit.vlm.data.VLMGroundingDataModule` (see
@@ -607,28 +608,14 @@ class GroundingVLMTask(L.LightningModule):
             "components": self.component_counts(),
         }
 
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.hparams.save_frozen_weights:
-            return
-        frozen = {f"vlm.{n}" for n, p in self.vlm.named_parameters() if not p.requires_grad}
-        if self.det_head is not None:
-            frozen |= {f"det_head.{n}" for n, p in self.det_head.named_parameters() if not p.requires_grad}
-        state = checkpoint["state_dict"]
-        omitted = sorted(k for k in state if k in frozen)
-        for k in omitted:
-            del state[k]
-        checkpoint["frozen_weights_omitted"] = omitted
+    # ------------------------------------------------------------------ checkpoints (FrozenWeightsCheckpoint)
+    def frozen_weight_names(self) -> list[str]:
+        # the model's frozen weights come back from model_path; a frozen detection head is a random init
+        # that nothing rebuilds, so it stays in the checkpoint
+        return [f"vlm.{n}" for n, p in self.vlm.named_parameters() if not p.requires_grad]
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        omitted = checkpoint.get("frozen_weights_omitted") or []
-        if omitted:
-            current = self.state_dict()
-            missing = [k for k in omitted if k not in current]
-            if missing:
-                raise UserError(f"checkpoint omits frozen weights this model lacks: {missing[:5]}")
-            # frozen weights come from model_path, as they did when the checkpoint was written
-            checkpoint["state_dict"].update({k: current[k] for k in omitted})
+    def frozen_weight_source(self) -> str:
+        return f"model.model_path ({self.hparams.model_path})"
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict:
