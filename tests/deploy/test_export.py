@@ -76,6 +76,21 @@ def test_hf_export_loads_back_and_matches(onnx_export, tmp_path):
     assert pre["crop_size"] == {"height": 32, "width": 32} and pre["do_normalize"] is False
     # the parity check ran the directory rebuilt from config.json + model.safetensors against the eager model
     assert res.metadata.parity["max_abs_diff"] < 1e-5
+    # the standard Auto classes load it: with the remote code shipped in the folder, or registered in-process
+    from transformers import AutoModel
+
+    from transferkit.deploy.hf_model import TransferkitModel, register_auto_classes
+
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        (expected,) = load_hf_graph(out)(x)
+        remote = AutoModel.from_pretrained(str(out), trust_remote_code=True).eval()
+        assert remote.config.model_type == "transferkit"
+        torch.testing.assert_close(remote(pixel_values=x)["logits"], expected)
+        register_auto_classes()
+        local = AutoModel.from_pretrained(str(out)).eval()
+        assert isinstance(local, TransferkitModel)
+        torch.testing.assert_close(local(x)["logits"], expected)
     # weights that do not fit the config are refused with a clear message
     config["init_args"]["num_classes"] = 7
     (out / "config.json").write_text(json.dumps(config))

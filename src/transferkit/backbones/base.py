@@ -237,6 +237,15 @@ class Backbone(nn.Module):
             )
         return pooling
 
+    def reset_normalization(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        """Set the normalisation statistics (default: the backbone's own ``mean``/``std``) and their buffers."""
+        self.mean = tuple(float(v) for v in (mean if mean is not None else self.mean))
+        self.std = tuple(float(v) for v in (std if std is not None else self.std))
+        with torch.no_grad():
+            device = self._mean.device if self._mean.device.type != "meta" else torch.device("cpu")
+            self._mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            self._std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> normalised with this backbone's mean/std."""
         if images.ndim != 4 or images.shape[1] != 3:

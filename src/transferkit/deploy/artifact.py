@@ -489,9 +489,7 @@ def build_task_module(config: dict[str, Any], directory: Path | None = None) -> 
     backbone = check_task(module).image_backbone()
     stats = config.get("backbone_normalization")
     if backbone is not None and stats:  # non-persistent buffers: restore the statistics the run used
-        backbone.mean, backbone.std = tuple(stats["mean"]), tuple(stats["std"])
-        backbone._mean.copy_(torch.tensor(backbone.mean).view(1, 3, 1, 1))
-        backbone._std.copy_(torch.tensor(backbone.std).view(1, 3, 1, 1))
+        backbone.reset_normalization(stats["mean"], stats["std"])
     return module.eval()
 
 
@@ -503,12 +501,14 @@ def load_hf_graph(directory: str | os.PathLike) -> torch.nn.Module:
     config_file = directory / HF_CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"'{directory}' has no {HF_CONFIG_FILE}; it is not an HF-format transferkit artifact")
+    from transferkit.deploy.hf_model import TransferkitConfig, TransferkitModel
+
     config = json.loads(config_file.read_text())
-    module = build_task_module(config, directory)
+    model = TransferkitModel(TransferkitConfig(**config), directory)
     try:
-        load_model(module, str(directory / MODEL_FILES[("hf", "fp32")]), strict=True, device="cpu")
+        load_model(model, str(directory / MODEL_FILES[("hf", "fp32")]), strict=True, device="cpu")
     except RuntimeError as e:
         raise UserError(
             f"the weights in {directory} do not fit its config.json: {str(e).splitlines()[0]}"
         ) from None
-    return ExportGraph(module.eval(), config["output_names"])
+    return ExportGraph(model.task.eval(), config["output_names"])

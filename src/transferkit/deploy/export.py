@@ -46,10 +46,11 @@ from transferkit.deploy.artifact import (
     infer_task,
     load_artifact,
 )
+from transferkit.deploy.hf_model import AUTO_MAP, REMOTE_CODE
 from transferkit.errors import UserError
 from transferkit.runs import LoadedRun, load_run
 from transferkit.tasks.protocol import check_task
-from transferkit.utils.io import atomic_write_json
+from transferkit.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,9 @@ def export_hf(loaded: LoadedRun, graph: ExportGraph, directory: Path, pre: Prepr
             hf_config.save_pretrained(str(directory / "backbone"))
             backbone_dir = "backbone"
     config = {
-        "architectures": [type(module).__name__],
+        "architectures": ["TransferkitModel"],
         "model_type": "transferkit",
+        "auto_map": AUTO_MAP,
         "task_class": loaded.task_class,
         "init_args": init_args,
         "backbone_dir": backbone_dir,
@@ -214,9 +216,12 @@ def export_hf(loaded: LoadedRun, graph: ExportGraph, directory: Path, pre: Prepr
     from transferkit import __version__
 
     config["transferkit_version"] = __version__
+    # TransferkitModel's state_dict: the task module under "task."
     tmp = directory / f".{MODEL_FILES[('hf', 'fp32')]}.tmp"
-    save_model(module, str(tmp), metadata={"format": "pt"})
+    save_model(torch.nn.ModuleDict({"task": module}), str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / MODEL_FILES[("hf", "fp32")])
+    for name, code in REMOTE_CODE.items():
+        atomic_write_text(directory / name, code)
     atomic_write_json(directory / HF_CONFIG_FILE, config)
     # the Hugging Face image-processor keys, for tools that read them (the graph itself normalises)
     atomic_write_json(
