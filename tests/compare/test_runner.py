@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from transferkit.compare import KnnOptions, ProbeOptions, parse_backbones, run_compare
+from transferkit.compare.stats import leaders
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions
@@ -67,7 +68,10 @@ def test_results_json_and_report_agree(compared):
         assert e["linear"]["val_acc1"] == pytest.approx(e["linear"]["best_head"]["val_acc1"])
         assert e["knn"]["acc1"]["val"][str(e["knn"]["best_k"])] == max(e["knn"]["acc1"]["val"].values())
         assert len(e["linear"]["grid"]) == len(e["linear"]["poolings"]) * 2 * 3
-        assert e["throughput_img_s"] > 0 and not e["throughput_cached"]
+        speed = e["throughput"]
+        assert e["throughput_img_s"] == speed["images_per_s"] > 0 and speed["repeats"] == 5
+        lo, hi = speed["images_per_s_range"]
+        assert lo <= speed["images_per_s"] <= hi and speed["threads"] >= 1 and "load_avg_1m" in speed
         assert all(not f["cache_hit"] for f in e["features"].values())
     minilm = on_disk["backbones"][0]
     assert minilm["pretrained"] and minilm["modality"] == "language" and minilm["num_params"] > 20e6
@@ -121,7 +125,8 @@ def test_second_run_reads_the_cache_and_appends_to_the_results_table(compared):
     )
     (entry,) = again["backbones"]
     first = next(e for e in results["backbones"] if e["name"] == "vit-micro")
-    assert all(f["cache_hit"] for f in entry["features"].values()) and entry["throughput_cached"]
+    assert all(f["cache_hit"] for f in entry["features"].values())
+    assert entry["throughput"]["images_per_s"] > 0  # measured in this run, although nothing was extracted
     assert entry["linear"]["test_acc1"] == first["linear"]["test_acc1"]  # same features, same seed
     rows = ResultsTable(tmp / "runs" / "performance.json").read()
     assert len(rows) == 3 * 2  # the second vit-micro rows replaced the first ones
@@ -130,6 +135,47 @@ def test_second_run_reads_the_cache_and_appends_to_the_results_table(compared):
     assert r.value == entry["linear"]["test_acc1"] and r.run == "again" and r.extra["num_params"] > 0
     assert r.dataset_key == results["dataset"]["key"] and r.dataset_name == "imagefolder:digits"
     assert DataSpec.from_dict(r.dataset["spec"]).key() == r.dataset_key  # the row rebuilds its dataset
+
+
+def test_pairwise_table_and_a_best_only_when_significant(compared):
+    results, run_dir, _ = compared
+    assert len(results["pairwise"]) == 3 * 2
+    md = (run_dir / "report.md").read_text()
+    rows = parse_markdown_table(
+        md, "Pairwise: a minus b in test top-1 points, exact McNemar p (same test images, uncorrected)"
+    )
+    assert len(rows) == 3 and all(0 <= float(r["linear p"]) <= 1 for r in rows)
+    # 80 test images: a best is named only when it beats both others significantly
+    for protocol, label in (("linear", "inear probe"), ("knn", "kNN")):
+        lead = leaders(results["backbones"], results["pairwise"], protocol)
+        said = [
+            line for line in md.splitlines() if label in line and ("Best" in line or "no significant" in line)
+        ]
+        assert said and ("no significant difference" in said[0]) == bool(lead["ties"]), said
+
+
+def test_seeds_give_mean_and_spread(tmp_path):
+    data = write_digits_folder(tmp_path / "digits", {"train": 10, "val": 4, "test": 4})
+    spec = DataSpec({"source": "imagefolder", "path": str(data), "image_size": 32})
+    results = run_compare(
+        spec,
+        "vit-micro:random",
+        run=RunDir.create(tmp_path / "runs", "seeds", "compare"),
+        probe=ProbeOptions(epochs=5, learning_rates=[0.1], layers=[1]),
+        knn=KnnOptions(ks=[5]),
+        extract=ExtractOptions(cache_dir=str(tmp_path / "cache"), progress=False),
+        seed=3,
+        seeds=3,
+    )
+    (entry,) = results["backbones"]
+    sd = entry["seeds"]
+    assert sd["seeds"] == [3, 4, 5] and len(sd["linear"]["values"]) == 3
+    assert sd["linear"]["values"][0] == entry["linear"]["test_acc1"]  # the first seed is the run's own
+    assert len(set(sd["knn"]["values"])) > 1  # three random inits: three feature sets
+    md = (tmp_path / "runs" / "seeds" / "report.md").read_text()
+    assert "Over seeds: test top-1 %" in md
+    with pytest.raises(UserError, match="seeds must be >= 1"):
+        run_compare(spec, "vit-micro", run=RunDir.create(tmp_path / "runs", "x", "compare"), seeds=0)
 
 
 def test_compare_refuses_a_class_subset(tmp_path):

@@ -192,3 +192,18 @@ def test_validate_only_runs_student_and_teacher_on_one_batch(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "student_output" in out and "teacher_output" in out and "DinoContinuation" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_collapse_check_names_both_collapse_modes():
+    import math
+
+    from transferkit.tasks.ssl_dino import collapse_check
+
+    k = 4096
+    healthy = collapse_check([(0.5 * math.log(k), 0.9 * math.log(k))] * 3, k)
+    assert healthy["warning"] is None and healthy["log_k"] == pytest.approx(math.log(k))
+    uniform = collapse_check([(0.9 * math.log(k), math.log(k))], k)
+    assert "approach uniform" in uniform["warning"] and uniform["teacher_entropy"] == pytest.approx(0.9 * math.log(k))
+    one = collapse_check([(0.01, 0.05)], k)
+    assert "same few prototypes" in one["warning"]
+    assert collapse_check([], k)["warning"] is None

@@ -23,6 +23,8 @@ def compare(
     knn: KnnOptions = KnnOptions(),
     finetune: FinetuneOptions | None = None,
     fair_pairs: bool = True,
+    fair_max_ratio: float = 4.0,
+    seeds: int = 1,
     name: str = "compare",
     runs_dir: str = "runs",
     results_table: str | None = None,
@@ -42,6 +44,10 @@ def compare(
         knn: the kNN protocol.
         finetune: also fine-tune every backbone (transferkit fit); --finetune '{}' for the defaults.
         fair_pairs: match each backbone with the closest-size backbone of every other modality.
+        fair_max_ratio: a pair is fair when the larger backbone has at most this many times the parameters of
+            the smaller; beyond it the table says there is no fair partner.
+        seeds: repeat the probe and kNN with seeds seed, seed+1, ... and report mean and spread (random-init
+            weights, heads and batch order change; the tests and tables use the first seed).
         name: run name (the folder under runs_dir; name-2, ... when taken).
         runs_dir: folder holding run directories and the results table.
         results_table: results table to append to (default <runs_dir>/performance.json).
@@ -51,7 +57,7 @@ def compare(
         seed: seed of random-init weights, heads and batch order.
     """
     from transferkit.compare import parse_backbones, run_compare
-    from transferkit.compare.report import gains_table, pairs_table
+    from transferkit.compare.report import gains_table, pairs_table, pairwise_table, seeds_table
     from transferkit.compare.report import results_table as main_table
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
@@ -82,14 +88,20 @@ def compare(
         finetune=finetune,
         extract=extraction,
         seed=seed,
+        seeds=seeds,
         patch_size=patch_size,
         with_fair_pairs=fair_pairs,
+        fair_max_ratio=fair_max_ratio,
         results_table=table,
         on_backbone=show,
     )
     console.print(main_table(results).to_rich())
     if results["pretraining_gains"]:
         console.print(gains_table(results).to_rich())
+    if results["pairwise"]:
+        console.print(pairwise_table(results).to_rich())
+    if seeds > 1:
+        console.print(seeds_table(results).to_rich())
     if results["fair_pairs"]:
         console.print(pairs_table(results).to_rich())
     console.print(

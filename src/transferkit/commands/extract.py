@@ -80,20 +80,21 @@ def extract(
                 bb, dm, split, layers=layers, pooling=pooling, extra_poolings=extra_poolings, **opts.kwargs()
             )
             m = fs.metadata
+            hit = m["cache_hit"]  # a hit measured nothing in this run: no images/s or seconds for it
             entries.setdefault(bname, {})[split] = {
                 "shape": list(fs.features.shape),
-                "cache_hit": m["cache_hit"],
-                "images_per_s": m["throughput_img_s"],
-                "seconds": m["extract_seconds"],
+                "cache_hit": hit,
+                "images_per_s": None if hit else m["throughput_img_s"],
+                "seconds": None if hit else m["extract_seconds"],
                 "entry": str(fs.path),
             }
             table.add_row(
                 bname,
                 split,
                 "x".join(str(d) for d in fs.features.shape),
-                "hit" if m["cache_hit"] else "extracted",
-                f"{m['throughput_img_s']:,.0f}",
-                f"{m['extract_seconds']:.1f}",
+                "hit" if hit else "extracted",
+                "-" if hit else f"{m['throughput_img_s']:,.0f}",
+                "-" if hit else f"{m['extract_seconds']:.1f}",
                 str(fs.path.relative_to(root)) if fs.path is not None else "-",
             )
         del bb

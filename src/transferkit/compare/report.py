@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.compare.stats import leaders
 from transferkit.report import Report, Table, heatmap, params_m, percent, scatter
 
 
@@ -37,7 +38,7 @@ def results_table(results: dict[str, Any]) -> Table:
             "pretrained": "yes" if e["pretrained"] else "no",
             "params": e["num_params"],
             "embed dim": e["embed_dim"],
-            "images/s": e["throughput_img_s"],
+            "images/s": _speed(e),
             "linear top-1": e["linear"]["test_acc1"],
             "linear 95% CI": e["linear"].get("test_ci95"),
             "kNN top-1": e["knn"]["test_acc1"],
@@ -116,7 +117,8 @@ def pairs_table(results: dict[str, Any]) -> Table:
             {
                 "backbone": f"{r['backbone']} ({r['modality']})",
                 "params": r["params"],
-                "closest other-modality backbone": f"{r['partner']} ({r['partner_modality']})",
+                "closest other-modality backbone": f"{r['partner']} ({r['partner_modality']})"
+                + ("" if r.get("fair", True) else ": no fair partner, too far in size"),
                 "its params": r["partner_params"],
                 "size ratio": r["size_ratio"],
                 "linear delta": r["linear_delta"],
@@ -124,14 +126,74 @@ def pairs_table(results: dict[str, Any]) -> Table:
             }
             for r in results["fair_pairs"]
         ],
-        title="Fair pairs: closest-size backbone of another modality (delta = backbone minus partner, points)",
+        title=(
+            "Fair pairs: closest-size backbone of another modality within "
+            f"{results['protocol'].get('fair_max_ratio', 4.0):g}x (delta = backbone minus partner, points)"
+        ),
         formats={
             "params": params_m,
             "its params": params_m,
             "size ratio": lambda v: f"{v:.2f}x",
-            "linear delta": lambda v: f"{100 * v:+.2f}",
-            "kNN delta": lambda v: f"{100 * v:+.2f}",
+            "linear delta": lambda v: f"{100 * v:+.2f}" if v is not None else "-",
+            "kNN delta": lambda v: f"{100 * v:+.2f}" if v is not None else "-",
         },
+    )
+
+
+def pairwise_table(results: dict[str, Any]) -> Table:
+    """Every pair of backbones: test top-1 differences and McNemar p, linear probe and kNN."""
+    by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results["pairwise"]:
+        row = by_pair.setdefault((r["a"], r["b"]), {"a": r["a"], "b": r["b"]})
+        row[f"{r['protocol']} delta"] = r["delta"]
+        row[f"{r['protocol']} p"] = r["p"]
+    cols = ["a", "b", "linear delta", "linear p", "knn delta", "knn p"]
+    return Table(
+        cols,
+        list(by_pair.values()),
+        title="Pairwise: a minus b in test top-1 points, exact McNemar p (same test images, uncorrected)",
+        formats={
+            "linear delta": lambda v: f"{100 * v:+.2f}",
+            "knn delta": lambda v: f"{100 * v:+.2f}",
+            "linear p": ".3g",
+            "knn p": ".3g",
+        },
+    )
+
+
+def seeds_table(results: dict[str, Any]) -> Table:
+    """Mean and spread of test top-1 over the run's seeds."""
+    rows = []
+    for e in results["backbones"]:
+        sd = e.get("seeds")
+        if not sd:
+            continue
+        rows.append(
+            {
+                "backbone": e["name"],
+                "seeds": len(sd["seeds"]),
+                "linear mean": sd["linear"]["mean"],
+                "linear sd": sd["linear"]["std"],
+                "linear range": (sd["linear"]["min"], sd["linear"]["max"]),
+                "kNN mean": sd["knn"]["mean"],
+                "kNN sd": sd["knn"]["std"],
+                "kNN range": (sd["knn"]["min"], sd["knn"]["max"]),
+            }
+        )
+    span = lambda v: f"{100 * v[0]:.2f}-{100 * v[1]:.2f}"  # noqa: E731
+    points = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    return Table(
+        list(rows[0]),
+        rows,
+        title="Over seeds: test top-1 % (mean, sample sd, range); random inits, heads and batch order vary",
+        formats={
+            "linear mean": percent,
+            "kNN mean": percent,
+            "linear sd": points,
+            "kNN sd": points,
+            "linear range": span,
+            "kNN range": span,
+        },  # fmt: skip
     )
 
 
@@ -175,31 +237,32 @@ def make_plots(results: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
     entries = results["backbones"]
     names = [e["name"] for e in entries]
     groups = [e["modality"] for e in entries]
-    lin = [100 * e["linear"]["test_acc1"] for e in entries]
-    ci = [(100 * e["linear"]["test_ci95"][0], 100 * e["linear"]["test_ci95"][1]) for e in entries]
+    panels = {}
+    for protocol, label in (("linear", "linear probe"), ("knn", "kNN")):
+        acc = [100 * e[protocol]["test_acc1"] for e in entries]
+        ci = [(100 * e[protocol]["test_ci95"][0], 100 * e[protocol]["test_ci95"][1]) for e in entries]
+        panels[label] = (acc, ci)
     plots = {
         "acc_vs_params": scatter(
             [e["num_params"] / 1e6 for e in entries],
-            lin,
+            panels,
             names,
             plot_dir / "acc_vs_params.png",
             xlabel="parameters (M)",
-            ylabel="linear-probe test top-1 (%, 95% CI)",
+            ylabel="test top-1 (%, 95% CI)",
             title="Accuracy vs parameters",
             groups=groups,
-            intervals=ci,
             logx=True,
         ),
         "acc_vs_throughput": scatter(
             [e["throughput_img_s"] for e in entries],
-            lin,
+            panels,
             names,
             plot_dir / "acc_vs_throughput.png",
-            xlabel="feature extraction (images/s)",
-            ylabel="linear-probe test top-1 (%, 95% CI)",
+            xlabel="forward pass (images/s)",
+            ylabel="test top-1 (%, 95% CI)",
             title="Accuracy vs throughput",
             groups=groups,
-            intervals=ci,
             logx=True,
         ),
         "per_class": heatmap(
@@ -232,11 +295,28 @@ def _headline(results: dict[str, Any]) -> str:
             f"{percent(g['knn_pretrained'])}% vs {percent(g['knn_random'])}% "
             f"({verdict(g['knn_gain'], g.get('knn_p'))})."
         )
-    best = max(results["backbones"], key=lambda e: e["linear"]["test_acc1"])
-    lines.append(
-        f"- Best linear probe: **{best['name']}** ({percent(best['linear']['test_acc1'])}% test top-1, "
-        f"{params_m(best['num_params'])} parameters)."
-    )
+    entries = {e["name"]: e for e in results["backbones"]}
+    for protocol, label, title in (("linear", "linear probe", "Linear probe"), ("knn", "kNN", "kNN")):
+        if len(entries) < 2:
+            break
+        lead = leaders(results["backbones"], results.get("pairwise", []), protocol)
+        best = entries[lead["best"]]
+        acc = f"{percent(best[protocol]['test_acc1'])}%"
+        if lead["ties"]:
+            others = ", ".join(
+                f"{n} ({percent(entries[n][protocol]['test_acc1'])}%, p = {p:.2g})" for n, p in lead["ties"]
+            )
+            lines.append(
+                f"- {title}: no significant difference between **{best['name']}** ({acc}) and "
+                f"{others} (exact McNemar, alpha 0.05)."
+            )
+        else:
+            worst_p = max((r["p"] for r in results.get("pairwise", []) if r["protocol"] == protocol
+                           and best["name"] in (r["a"], r["b"])), default=None)  # fmt: skip
+            lines.append(
+                f"- Best {label}: **{best['name']}** ({acc} test top-1, {params_m(best['num_params'])} parameters), "
+                f"ahead of every other backbone (McNemar p <= {worst_p:.2g})."
+            )
     return "\n".join(lines)
 
 
@@ -261,12 +341,16 @@ def build_report(results: dict[str, Any], plots: dict[str, Path]) -> Report:
     summary.add_table(results_table(results), key="results")
     if results["pretraining_gains"]:
         summary.add_table(gains_table(results), key="gains")
+    if results.get("pairwise"):
+        summary.add_table(pairwise_table(results), key="pairwise")
+    if any(e.get("seeds") for e in results["backbones"]):
+        summary.add_table(seeds_table(results), key="seeds")
     if results["fair_pairs"]:
         summary.add_table(pairs_table(results), key="fair_pairs")
     report.section("plots", "Plots").add_image(
-        plots["acc_vs_params"], "Linear-probe accuracy vs parameter count"
+        plots["acc_vs_params"], "Test accuracy vs parameter count: linear probe and kNN"
     ).add_image(
-        plots["acc_vs_throughput"], "Linear-probe accuracy vs feature-extraction throughput"
+        plots["acc_vs_throughput"], "Test accuracy vs forward throughput: linear probe and kNN"
     ).add_image(plots["per_class"], "Per-class test accuracy of each backbone's best linear probe")
     details = report.section("details", "Details")
     details.add_table(grid_table(results), key="grid").add_table(knn_table(results), key="knn")
@@ -280,8 +364,10 @@ def build_report(results: dict[str, Any], plots: dict[str, Path]) -> Report:
         "standardised with train statistics); the head with the best val top-1 is reported on test.",
         f"**kNN**: cosine similarity on L2-normalised final-layer features, votes exp(sim/{knn['temperature']}), "
         f"k in {knn['ks']}; k chosen on val, reported on test.",
-        "**Throughput**: images/s of the extraction pass (batched, inference mode, data loading included, "
-        "steady state after the first batch); figures read from the cache are marked in results.json.",
+        "**Throughput**: images/s of the backbone's forward pass on one batch of test images, timed in this "
+        "run (2 warm-up calls, median of 5; the spread, threads and load average are in results.json).",
+        "**Tests**: exact McNemar tests on the same test images, per pair of backbones (uncorrected for the "
+        "number of pairs); a backbone is called best only when every other is significantly behind it.",
     ]
     if proto.get("finetune"):
         ft = proto["finetune"]
@@ -292,3 +378,12 @@ def build_report(results: dict[str, Any], plots: dict[str, Path]) -> Report:
         )
     report.section("protocol", "Protocol").add_text("\n".join(f"- {m}" for m in method))
     return report
+
+
+def _speed(entry: dict[str, Any]) -> str:
+    """``median (slowest-fastest)`` images/s of the run's timed section."""
+    t = entry.get("throughput") or {}
+    if not t:
+        return f"{entry['throughput_img_s']:,.0f}"
+    lo, hi = t["images_per_s_range"]
+    return f"{t['images_per_s']:,.0f} ({lo:,.0f}-{hi:,.0f})"

@@ -35,10 +35,10 @@ from transferkit.backbones import backbone_options, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
 from transferkit.compare.report import build_report, make_plots
-from transferkit.compare.stats import fair_pairs, pretraining_gains, wilson_ci
+from transferkit.compare.stats import fair_pairs, pairwise_tests, pretraining_gains, seed_summary, wilson_ci
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
-from transferkit.probe.cache import ExtractOptions, get_features
+from transferkit.probe.cache import ExtractOptions, get_features, measure_throughput
 from transferkit.probe.knn import knn_evaluate
 from transferkit.probe.linear import LinearGridConfig, feature_variants, train_linear_grid
 from transferkit.results import ResultRow, ResultsTable, dataset_entry
@@ -180,8 +180,9 @@ def compare_backbone(
     extract: ExtractOptions,
     seed: int,
     options: dict[str, Any] | None = None,
+    timed: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Features (cached), linear-probe grid and kNN for one backbone.
+    """Features (cached), linear-probe grid and kNN for one backbone (and, with ``timed``, its throughput).
 
     Returns its results entry and the per-image test correctness ``{'linear': (N,) bool, 'knn': (N,) bool}``.
     ``options``: build options of the backbone (e.g. a language model's ``patch_size``).
@@ -233,7 +234,14 @@ def compare_backbone(
         "knn": knn_res.pop("predictions")["test"] == y_test,
     }
     n_test = len(y_test)
-    throughput = [fs.metadata["throughput_img_s"] for fs in feats.values() if not fs.metadata["cache_hit"]]
+    # its own timed section, whatever the cache held (a cached pass's figure is the load of another day)
+    speed = (
+        measure_throughput(
+            bb, datamodule, batch_size=extract.batch_size or 32, device=device, dtype=extract.dtype
+        )
+        if timed
+        else None
+    )
     entry = {
         "name": name,
         "pretrained": bool(bb.pretrained),
@@ -254,9 +262,8 @@ def compare_backbone(
             }
             for s, fs in feats.items()
         },
-        # images/s of this run's extraction (train split first); the cached figure when every split was a hit
-        "throughput_img_s": throughput[0] if throughput else meta["throughput_img_s"],
-        "throughput_cached": not throughput,
+        "throughput_img_s": speed["images_per_s"] if speed else None,
+        "throughput": speed,
         "linear": {
             "val_acc1": grid.val["acc1"],
             "test_acc1": grid.test["acc1"],
@@ -299,8 +306,10 @@ def run_compare(
     finetune: FinetuneOptions | None = None,
     extract: ExtractOptions | None = None,
     seed: int = 0,
+    seeds: int = 1,
     patch_size: int | None = None,
     with_fair_pairs: bool = True,
+    fair_max_ratio: float = 4.0,
     results_table: ResultsTable | None = None,
     on_backbone: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -309,8 +318,15 @@ def run_compare(
     Writes ``results.json`` (everything), ``metrics.json`` (final numbers), ``report.md``/``report.html``,
     ``plots/`` and, with ``finetune``, a fit run per backbone under ``finetune/``; appends one row per
     (backbone, protocol) to ``results_table`` (None = don't). ``on_backbone(entry)`` is called after each
-    backbone. Returns the dict written to ``results.json``.
+    backbone. With ``seeds`` > 1 the probe and kNN are repeated with seeds ``seed + 1`` ... (random-init weights,
+    heads and batch order change; features of pretrained weights come from the cache) and every entry gets
+    ``seeds``: mean, spread and values per protocol; the tests and tables of one run use ``seed``. Returns the
+    dict written to ``results.json``.
     """
+    if seeds < 1:
+        raise UserError(f"seeds must be >= 1, got {seeds}")
+    if not fair_max_ratio >= 1:
+        raise UserError(f"fair_max_ratio is a size ratio >= 1, got {fair_max_ratio}")
     probe = probe or ProbeOptions()
     knn = knn or KnnOptions()
     extract = extract or ExtractOptions()
@@ -332,6 +348,27 @@ def run_compare(
         entry, correct[name] = compare_backbone(
             name, datamodule, probe=probe, knn=knn, extract=extract, seed=seed, options=options[name]
         )
+        if seeds > 1:
+            more = [
+                compare_backbone(
+                    name,
+                    datamodule,
+                    probe=probe,
+                    knn=knn,
+                    extract=extract,
+                    seed=s,
+                    options=options[name],
+                    timed=False,
+                )[0]
+                for s in range(seed + 1, seed + seeds)
+            ]
+            entry["seeds"] = {
+                "seeds": list(range(seed, seed + seeds)),
+                **{
+                    protocol: seed_summary([e[protocol]["test_acc1"] for e in (entry, *more)])
+                    for protocol in ("linear", "knn")
+                },
+            }
         if finetune is not None:
             entry["finetune"] = finetune_backbone(
                 name,
@@ -356,13 +393,16 @@ def run_compare(
             "knn": asdict(knn),
             "finetune": asdict(finetune) if finetune is not None else None,
             "seed": seed,
+            "seeds": seeds,
+            "fair_max_ratio": fair_max_ratio,
             "device": device,
             "dtype": extract.dtype,
             "selection": "best on val, reported on test",
         },
         "backbones": entries,
         "pretraining_gains": pretraining_gains(entries, correct),
-        "fair_pairs": fair_pairs(entries) if with_fair_pairs else [],
+        "pairwise": pairwise_tests(entries, correct),
+        "fair_pairs": fair_pairs(entries, fair_max_ratio) if with_fair_pairs else [],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "wall_time_s": round(time.time() - started, 2),

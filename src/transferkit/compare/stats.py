@@ -33,12 +33,13 @@ def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
 
 
-def fair_pairs(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def fair_pairs(entries: Sequence[dict[str, Any]], max_ratio: float = 4.0) -> list[dict[str, Any]]:
     """Each backbone matched with the closest-size backbone (|log param ratio|) of every other modality.
 
     Rows: ``backbone``, ``modality``, ``params``, ``partner``, ``partner_modality``, ``partner_params``,
-    ``size_ratio`` (larger / smaller), ``size_gap`` ((params - partner) / partner) and the partner's
-    linear-probe and kNN test top-1 minus the backbone's (``linear_delta``, ``knn_delta``).
+    ``size_ratio`` (larger / smaller), ``size_gap`` ((params - partner) / partner), ``fair`` (ratio <=
+    ``max_ratio``) and, for a fair pair only, the backbone's linear-probe and kNN test top-1 minus the partner's
+    (``linear_delta``, ``knn_delta``; None when the closest partner is too far in size to compare).
     """
     rows = []
     mods = sorted({e["modality"] for e in entries})
@@ -48,6 +49,8 @@ def fair_pairs(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             others = [o for o in entries if o["modality"] == m]
             o = min(others, key=lambda o: (abs(math.log(o["num_params"] / e["num_params"])), o["name"]))
+            ratio = max(e["num_params"], o["num_params"]) / min(e["num_params"], o["num_params"])
+            fair = ratio <= max_ratio
             rows.append(
                 {
                     "backbone": e["name"],
@@ -56,14 +59,62 @@ def fair_pairs(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "partner": o["name"],
                     "partner_modality": m,
                     "partner_params": o["num_params"],
-                    "size_ratio": max(e["num_params"], o["num_params"])
-                    / min(e["num_params"], o["num_params"]),
+                    "size_ratio": ratio,
                     "size_gap": (e["num_params"] - o["num_params"]) / o["num_params"],
-                    "linear_delta": e["linear"]["test_acc1"] - o["linear"]["test_acc1"],
-                    "knn_delta": e["knn"]["test_acc1"] - o["knn"]["test_acc1"],
+                    "fair": fair,
+                    "linear_delta": e["linear"]["test_acc1"] - o["linear"]["test_acc1"] if fair else None,
+                    "knn_delta": e["knn"]["test_acc1"] - o["knn"]["test_acc1"] if fair else None,
                 }
             )
     return rows
+
+
+def pairwise_tests(
+    entries: Sequence[dict[str, Any]], correct: dict[str, dict[str, np.ndarray]]
+) -> list[dict[str, Any]]:
+    """Every pair of backbones, per protocol (``linear``, ``knn``): test top-1 difference ``delta`` (a minus b)
+    and the exact McNemar ``p`` on the same test images (uncorrected for the number of pairs)."""
+    rows = []
+    for i, a in enumerate(entries):
+        for b in entries[i + 1 :]:
+            for protocol in ("linear", "knn"):
+                if a["name"] not in correct or b["name"] not in correct:
+                    continue
+                rows.append(
+                    {
+                        "a": a["name"],
+                        "b": b["name"],
+                        "protocol": protocol,
+                        "delta": a[protocol]["test_acc1"] - b[protocol]["test_acc1"],
+                        "p": mcnemar_p(correct[a["name"]][protocol], correct[b["name"]][protocol]),
+                    }
+                )
+    return rows
+
+
+def leaders(
+    entries: Sequence[dict[str, Any]], pairwise: Sequence[dict[str, Any]], protocol: str, alpha: float = 0.05
+) -> dict[str, Any]:
+    """The backbone with the best test top-1 under ``protocol`` and those not significantly behind it
+    (McNemar p >= ``alpha``): ``{"best": name, "ties": [(name, p), ...]}``."""
+    best = max(entries, key=lambda e: (e[protocol]["test_acc1"], e["name"]))["name"]
+    ties = []
+    for r in pairwise:
+        if r["protocol"] == protocol and best in (r["a"], r["b"]) and r["p"] >= alpha:
+            ties.append((r["b"] if r["a"] == best else r["a"], r["p"]))
+    return {"best": best, "ties": ties}
+
+
+def seed_summary(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of one figure over seeds."""
+    v = np.asarray(values, dtype=float)
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "values": [float(x) for x in v],
+    }
 
 
 def pretraining_gains(

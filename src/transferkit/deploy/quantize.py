@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from torch import nn
 from transferkit.deploy.artifact import MODEL_FILES, Artifact, ExportGraph
 from transferkit.errors import UserError
 from transferkit.tasks.protocol import check_task
+from transferkit.utils.timing import time_calls
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +146,11 @@ def evaluate_classification(
 
 def measure_speed(run: Runner, batch: np.ndarray, repeats: int = 5, warmup: int = 2) -> dict[str, float]:
     """Median wall time of ``run(batch)`` over ``repeats`` timed calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        run(batch)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    t = time_calls(lambda: run(batch), warmup=warmup, repeats=repeats)
     return {
         "batch_size": int(batch.shape[0]),
-        "ms_per_batch": 1e3 * med,
-        "images_per_s": batch.shape[0] / med,
+        "ms_per_batch": 1e3 * t["median_s"],
+        "images_per_s": batch.shape[0] / t["median_s"],
     }
 
 

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader
 from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
-from transferkit.utils.devices import default_device
+from transferkit.utils.devices import default_device, resolve_device
 from transferkit.utils.digest import tensors_digest
 from transferkit.utils.io import atomic_write_json
 
@@ -487,6 +487,48 @@ def _extract_loop(
         rate = filled / max(seconds, 1e-9)
     timing = {"seconds": seconds, "images_per_s": rate, "num_images": filled}
     return out[:filled], labels[:filled], timing
+
+
+def measure_throughput(
+    backbone: Backbone,
+    datamodule: FeatureDataModule,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    warmup: int = 2,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """Forward throughput of ``backbone`` (``forward_features`` under ``inference_mode``, ``dtype`` autocast) on
+    one batch of ``split``'s real images, timed as its own section of this run: ``warmup`` calls, then the
+    median of ``repeats`` (never a figure from a cached extraction). Returns ``images_per_s`` (median),
+    ``images_per_s_range`` (slowest, fastest call), ``batch_size``, ``device``, ``dtype`` and the machine's
+    threads and load average."""
+    from transferkit.utils.timing import time_calls
+
+    dev = resolve_device(str(device) if device is not None else "auto")
+    ds = datamodule.dataset(split)
+    items = [ds[i] for i in range(min(batch_size, len(ds)))]
+    images = torch.stack([it[0] for it in items if it is not None]).to(dev)
+    backbone = backbone.to(dev).eval()
+    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+
+    def step() -> None:
+        with torch.inference_mode(), autocast:
+            backbone.forward_features(images)
+
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+    t = time_calls(step, warmup=warmup, repeats=repeats, sync=sync)
+    n = int(images.shape[0])
+    return {
+        "images_per_s": n / t["median_s"],
+        "images_per_s_range": [n / t["max_s"], n / t["min_s"]],
+        "batch_size": n,
+        "device": str(dev),
+        "dtype": dtype,
+        **{k: t[k] for k in ("repeats", "threads", "cpus", "load_avg_1m")},
+    }
 
 
 def last_block_is_final(backbone: Backbone, dataset: Any, num_images: int = 2) -> bool:

@@ -48,7 +48,7 @@ def class_colors(n: int) -> list:
 
 def scatter(
     x: Sequence[float],
-    y: Sequence[float],
+    y: Sequence[float] | dict[str, tuple[Sequence[float], Sequence[tuple[float, float]] | None]],
     labels: Sequence[str],
     path: str | Path,
     *,
@@ -62,12 +62,28 @@ def scatter(
     """Labelled points (one per backbone), coloured by ``groups`` (e.g. modality), e.g. accuracy vs params.
 
     ``intervals``: per-point ``(low, high)`` of y (e.g. a 95% confidence interval), drawn as error bars.
+    ``y`` may also be ``{panel title: (y, intervals)}``: one panel each, side by side, sharing the x axis
+    (e.g. linear probe and kNN).
     """
+    panels = y if isinstance(y, dict) else {"": (y, intervals)}
+    fig = new_figure(6.4 * len(panels), 4.4)
+    axes = fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]
+    groups = list(groups) if groups is not None else ["" for _ in labels]
+    for ax, (panel, (ys_all, ints)) in zip(axes, panels.items()):
+        _scatter_axis(ax, x, ys_all, labels, groups, ints, logx)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if panel:
+            ax.set_title(panel)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _scatter_axis(ax: Any, x: Sequence[float], y: Sequence[float], labels: Sequence[str], groups: list[str],
+                  intervals: Sequence[tuple[float, float]] | None, logx: bool) -> None:  # fmt: skip
     from matplotlib.ticker import FuncFormatter
 
-    fig = new_figure(6.4, 4.4)
-    ax = fig.add_subplot()
-    groups = list(groups) if groups is not None else ["" for _ in labels]
     for g in dict.fromkeys(groups):
         idx = [i for i, gi in enumerate(groups) if gi == g]
         xs, ys = [x[i] for i in idx], [y[i] for i in idx]
@@ -88,14 +104,9 @@ def scatter(
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
         ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if any(groups):
         ax.legend(fontsize=8)
-    return save_figure(fig, path)
 
 
 def heatmap(

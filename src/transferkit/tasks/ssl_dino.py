@@ -279,6 +279,37 @@ def set_teacher_mode(teacher: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------- the task
+#: a teacher whose per-image output entropy exceeds this fraction of log K is close to uniform (collapse)
+UNIFORM_COLLAPSE = 0.85
+#: a teacher whose batch-mean output has less than this fraction of log K puts every image on few prototypes
+ONE_PROTOTYPE_COLLAPSE = 0.1
+
+
+def collapse_check(entropies: list[tuple[float, float]], out_dim: int) -> dict[str, Any]:
+    """The two DINO collapse modes from one epoch's ``(per-image entropy, entropy of the batch-mean)`` of the
+    centred, sharpened teacher (nats), as fractions of ``log(out_dim)``: per-image entropy near 1 is a uniform
+    output for every image, batch-mean entropy near 0 is one prototype for all. ``warning`` says which, or None."""
+    log_k = math.log(out_dim)
+    if not entropies:
+        return {"teacher_entropy": None, "teacher_mean_entropy": None, "log_k": log_k, "warning": None}
+    per_image = sum(e for e, _ in entropies) / len(entropies)
+    batch_mean = sum(m for _, m in entropies) / len(entropies)
+    warning = None
+    if per_image >= UNIFORM_COLLAPSE * log_k:
+        warning = (
+            f"the teacher's per-image entropy is {per_image:.2f} of at most log K = {log_k:.2f} nats: its outputs "
+            "approach uniform, DINO is collapsing; lower model.loss.teacher_temp (or its warm-up), raise "
+            "model.momentum_teacher, or lower the learning rate"
+        )
+    elif batch_mean <= ONE_PROTOTYPE_COLLAPSE * log_k:
+        warning = (
+            f"the teacher's batch-mean entropy is {batch_mean:.2f} of log K = {log_k:.2f} nats: every image goes "
+            "to the same few prototypes, DINO is collapsing; raise model.loss.center_momentum or lower the "
+            "learning rate"
+        )
+    return {"teacher_entropy": per_image, "teacher_mean_entropy": batch_mean, "log_k": log_k, "warning": warning}
+
+
 class DinoContinuation(L.LightningModule):
     """DINO self-distillation of a registry backbone on unlabeled multi-crop batches (module docstring)."""
 
@@ -362,6 +393,8 @@ class DinoContinuation(L.LightningModule):
         self._last_ema_step = -1
         self._epoch_losses: list[float] = []
         self._first_epoch_loss: float | None = None
+        self._epoch_entropy: list[tuple[float, float]] = []
+        self._warned_collapse: str | None = None
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
@@ -455,6 +488,7 @@ class DinoContinuation(L.LightningModule):
             batch_size=b,
         )
         self._epoch_losses.append(float(loss.detach()))
+        self._epoch_entropy.append((float(entropy), float(mean_entropy)))
         return loss
 
     def on_after_backward(self) -> None:
@@ -499,11 +533,18 @@ class DinoContinuation(L.LightningModule):
         mean = sum(self._epoch_losses) / len(self._epoch_losses)
         if self._first_epoch_loss is None:
             self._first_epoch_loss = mean
+        health = collapse_check(self._epoch_entropy, self.head_cfg.out_dim)
+        self._epoch_entropy = []
+        if health["warning"] and health["warning"] != self._warned_collapse:
+            log.warning("DINO epoch %d: %s", self.current_epoch, health["warning"])
+            self._warned_collapse = health["warning"]
         self.final_metrics["train"] = {
             "loss": mean,
             "first_epoch_loss": self._first_epoch_loss,
             "teacher_temp": teacher_temperature(self.current_epoch, self.loss_cfg),
             "momentum": self._momentum(self.global_step),
+            **{k: v for k, v in health.items() if k != "warning"},
+            "collapse_warning": health["warning"],
         }
 
     # ------------------------------------------------------------------ optimisation
