@@ -24,7 +24,6 @@ A new task type registers a :class:`TaskSpec` (output names, preprocessing, post
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -464,35 +463,6 @@ def load_artifact(path: str | os.PathLike, variant: str = "fp32", threads: int |
 
 
 # ---------------------------------------------------------------------------------------------- HF format
-def import_object(path: str) -> Any:
-    """``'package.module.Name'`` -> the object."""
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise UserError(f"cannot import '{path}' ({e}); is the package that defines it installed?") from None
-
-
-def build_task_module(config: dict[str, Any], directory: Path | None = None) -> torch.nn.Module:
-    """Rebuild a task module (random init) from an HF-format ``config.json``; weights are loaded separately."""
-    cls = import_object(config["task_class"])
-    init_args = json.loads(json.dumps(config["init_args"]))
-    backbone_dir = config.get("backbone_dir")
-    if backbone_dir and directory is not None and isinstance(init_args.get("backbone"), dict):
-        init_args["backbone"]["name"] = str(directory / backbone_dir)
-    module = cls(**init_args)
-    from transferkit.tasks.protocol import (
-        check_task,  # only the HF format rebuilds a task (the server stays light)
-    )
-
-    module.configure_model()  # builds the layers once; a no-op for a task built in __init__
-    backbone = check_task(module).image_backbone()
-    stats = config.get("backbone_normalization")
-    if backbone is not None and stats:  # non-persistent buffers: restore the statistics the run used
-        backbone.reset_normalization(stats["mean"], stats["std"])
-    return module.eval()
-
-
 def load_hf_graph(directory: str | os.PathLike) -> torch.nn.Module:
     """The eval graph (images -> outputs tuple) of an HF-format artifact: config + safetensors, strict load."""
     from safetensors.torch import load_model

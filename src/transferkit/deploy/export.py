@@ -192,7 +192,9 @@ def export_hf(loaded: LoadedRun, graph: ExportGraph, directory: Path, pre: Prepr
     module = loaded.model
     directory.mkdir(parents=True, exist_ok=True)
     init_args = _jsonable(dict(module.hparams))
-    if isinstance(init_args.get("backbone"), dict):  # every weight is in model.safetensors: nothing to download
+    if isinstance(
+        init_args.get("backbone"), dict
+    ):  # every weight is in model.safetensors: nothing to download
         init_args["backbone"]["pretrained"] = False
     backbone = check_task(module).image_backbone()
     backbone_dir = None

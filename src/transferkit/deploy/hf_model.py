@@ -9,11 +9,15 @@ for loading without ``trust_remote_code``.
 
 from __future__ import annotations
 
+import importlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from transferkit.errors import UserError
 
 
 class TransferkitConfig(PretrainedConfig):
@@ -50,8 +54,6 @@ class TransferkitModel(PreTrainedModel):
 
     def __init__(self, config: TransferkitConfig, directory: str | Path | None = None) -> None:
         super().__init__(config)
-        from transferkit.deploy.artifact import build_task_module
-
         where = directory or getattr(config, "name_or_path", None) or None
         self.task = build_task_module(config.to_dict(), Path(where) if where else None)
         self.output_names = list(config.output_names)
@@ -70,6 +72,35 @@ class TransferkitModel(PreTrainedModel):
         if isinstance(out, torch.Tensor):
             return {self.output_names[0] if self.output_names else "logits": out}
         return {k: out[k] for k in self.output_names}
+
+
+def import_object(path: str) -> Any:
+    """``'package.module.Name'`` -> the object."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"cannot import '{path}' ({e}); is the package that defines it installed?") from None
+
+
+def build_task_module(config: dict[str, Any], directory: Path | None = None) -> torch.nn.Module:
+    """Rebuild a task module (random init) from an HF-format ``config.json``; weights are loaded separately."""
+    cls = import_object(config["task_class"])
+    init_args = json.loads(json.dumps(config["init_args"]))
+    backbone_dir = config.get("backbone_dir")
+    if backbone_dir and directory is not None and isinstance(init_args.get("backbone"), dict):
+        init_args["backbone"]["name"] = str(directory / backbone_dir)
+    module = cls(**init_args)
+    from transferkit.tasks.protocol import (
+        check_task,  # only the HF format rebuilds a task (the server stays light)
+    )
+
+    module.configure_model()  # builds the layers once; a no-op for a task built in __init__
+    backbone = check_task(module).image_backbone()
+    stats = config.get("backbone_normalization")
+    if backbone is not None and stats:  # non-persistent buffers: restore the statistics the run used
+        backbone.reset_normalization(stats["mean"], stats["std"])
+    return module.eval()
 
 
 def register_auto_classes() -> None:
