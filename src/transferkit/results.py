@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import UserError
-from transferkit.runs import file_lock
-from transferkit.utils.io import atomic_write_json
+from transferkit.utils.io import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ started at once with the same name always get two folders (an exclusive ``mkdir`
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import UserError
-from transferkit.utils.io import atomic_write_json, atomic_write_text
+from transferkit.utils.io import atomic_write_json, atomic_write_text, file_lock
 
 _COMMAND_CONFIG: ContextVar[str | None] = ContextVar("transferkit_command_config", default=None)
 _CREATED: ContextVar[list[RunDir] | None] = ContextVar("transferkit_created_runs", default=None)
@@ -86,18 +85,6 @@ def deep_merge(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, An
         else:
             out[k] = v
     return out
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path`` (created if missing) for the duration of the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

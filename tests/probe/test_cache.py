@@ -160,7 +160,8 @@ def test_failed_extraction_leaves_no_entry(digits_folder, tmp_path, monkeypatch)
     cache = tmp_path / "c"
     with pytest.raises(RuntimeError):
         get_features(bb, dm, "train", cache_dir=cache, progress=False)
-    assert not [p for p in cache.rglob("*") if p.is_file()]  # neither a partial entry nor a temp file
+    # neither a partial entry nor a temp file (the key's lock file stays, empty)
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.name != ".lock"]
     fs = get_features(bb, dm, "train", cache_dir=cache, progress=False)
     assert not fs.metadata["cache_hit"] and fs.num_samples == 120
 
@@ -207,3 +208,49 @@ def test_block_entry_is_not_used_when_the_final_output_differs(digits_folder, tm
     monkeypatch.setattr(bb, "forward_features", lambda images: original(images) * 2.0)  # e.g. a pooler on top
     final = get_features(bb, dm, "val", cache_dir=tmp_path, progress=False)
     assert not final.metadata["cache_hit"] and final.path.name.startswith("final-")
+
+
+# two processes ask for the same entry at once: one extracts, the other waits on the key's lock and reads it
+CONCURRENT = """
+import json, sys
+from transferkit.data import ImageClassificationDataModule
+from transferkit.probe.cache import get_features
+dm = ImageClassificationDataModule(source="imagefolder", path=sys.argv[1], image_size=32)
+fs = get_features("vit-micro", dm, "train", cache_dir=sys.argv[2], progress=False)
+print(json.dumps({"hit": fs.metadata["cache_hit"], "sum": float(fs.features.sum())}))
+"""
+
+
+def test_two_concurrent_extractions_of_one_entry_both_succeed_and_one_reuses(digits_folder, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT, str(digits_folder), str(cache)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(o["hit"] for o in outs) == [False, True]  # extracted once, read once
+    assert outs[0]["sum"] == outs[1]["sum"]
+    entries = [d for d in cache.rglob("*") if d.is_dir() and (d / "meta.json").is_file()]
+    assert len(entries) == 1
+
+
+def test_an_orphan_temp_folder_of_a_killed_extraction_is_removed(digits_folder, tmp_path):
+    dm = dm_for(digits_folder)
+    bb = build_backbone("vit-micro", image_size=32)
+    cache = tmp_path / "c"
+    get_features(bb, dm, "train", cache_dir=cache, progress=False)
+    key_dir = next(d for d in cache.rglob("*") if d.is_dir() and (d / ".lock").exists())
+    orphan = key_dir / ".L1-cls.abc123.tmp"
+    orphan.mkdir()
+    (orphan / "summaries.npy").write_bytes(b"partial")
+    get_features(bb, dm, "train", cache_dir=cache, progress=False, refresh=True)
+    assert not orphan.exists()

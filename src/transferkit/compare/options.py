@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transferkit.backbones.base import POOLINGS
 from transferkit.errors import UserError
 from transferkit.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 from transferkit.probe.linear import DEFAULT_LEARNING_RATES
@@ -44,6 +45,9 @@ class ProbeOptions:
             raise UserError(f"probe.weight_decay must be >= 0, got {self.weight_decay}")
         if self.poolings is not None and not self.poolings:
             raise UserError("probe.poolings is empty; give poolings (cls, mean, last, cls+mean) or null")
+        unknown = [p for p in self.poolings or [] if p not in POOLINGS]
+        if unknown:
+            raise UserError(f"unknown probe.poolings {unknown}; choose from {list(POOLINGS)}")
 
 
 @dataclass
@@ -65,6 +69,8 @@ class KnnOptions:
             raise UserError(f"knn.ks must be integers >= 1, got {self.ks}")
         if not self.temperature > 0:
             raise UserError(f"knn.temperature must be > 0, got {self.temperature}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise UserError(f"unknown knn.pooling '{self.pooling}'; choose from {list(POOLINGS)}")
 
 
 @dataclass

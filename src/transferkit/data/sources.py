@@ -24,8 +24,9 @@ import csv
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from transferkit.errors import DatasetError, UserError
@@ -84,11 +85,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_WARNED_LARGE: set[str] = set()
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file as RGB (raises whatever PIL raises on a bad file)."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
+    """Open and fully decode an image file as RGB (raises whatever PIL raises on a bad file).
+
+    An image above PIL's decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``, 89M pixels) is loaded with
+    one warning of ours per file instead of PIL's raw ``DecompressionBombWarning``; above twice the threshold
+    PIL refuses it (``DecompressionBombError``, reported as unreadable)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.load()
+            rgb = to_rgb(image)
+    if (
+        any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+        and str(path) not in _WARNED_LARGE
+    ):
+        _WARNED_LARGE.add(str(path))
+        logger.warning(
+            "image %s is %dx%d (%.0fM pixels, over the %.0fM of PIL's decompression-bomb check): decoding it takes "
+            "about %.1f GB; it is loaded, then resized to the model's input",
+            path, rgb.width, rgb.height, rgb.width * rgb.height / 1e6, (Image.MAX_IMAGE_PIXELS or 0) / 1e6,
+            rgb.width * rgb.height * 3 / 1e9,
+        )  # fmt: skip
+    for w in caught:  # other warnings are not ours to swallow
+        if not issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return rgb
 
 
 _TO_TENSOR = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
@@ -225,7 +250,7 @@ class ImageFileDataset(ClassificationDataset):
                 ident = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 ident = "missing"
-            h.update(f"{path}\0{label}\0{ident}\n".encode())
+            h.update(f"{path}\0{label}\0{ident}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def _subset(self, indices: np.ndarray) -> ImageFileDataset:
@@ -244,21 +269,107 @@ def _unreadable_reason(path: str, error: Exception) -> str:
             return "the file is empty (0 bytes)"
     except OSError:
         return "the file does not exist or cannot be accessed"
+    if isinstance(error, Image.DecompressionBombError):
+        return (
+            f"it has more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}M pixels, more than PIL decodes "
+            "(a decompression bomb, or an image to downscale before training)"
+        )
     return f"{type(error).__name__}: {error}"
 
 
+@dataclass
+class FolderWalk:
+    """What :func:`walk_folder` found: image files, other files, and link problems ``(kind, path, message)``:
+    ``link-loop`` and ``link-repeat`` (errors: images would be counted twice, under another label),
+    ``link-outside`` and ``link-broken`` (warnings)."""
+
+    images: list[Path] = field(default_factory=list)
+    others: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, Path, str]] = field(default_factory=list)
+
+    def errors(self) -> list[tuple[str, Path, str]]:
+        return [p for p in self.problems if p[0] in ("link-loop", "link-repeat")]
+
+
+def walk_folder(
+    folder: str | Path, root: str | Path | None = None, seen: dict[Path, Path] | None = None
+) -> FolderWalk:
+    """Every file under ``folder`` (any depth, name order; hidden files and folders skipped), following
+    symbolic links to folders once: a link back to a folder that contains it (a loop), or to a folder the walk
+    reached already (``seen``, shared across the class folders of one dataset), is reported instead of
+    followed, and so is a link leaving ``root`` (default ``folder``). The one walker of the datamodules and of
+    ``transferkit data check``."""
+    folder = Path(folder)
+    root_real = Path(root if root is not None else folder).resolve()
+    seen = {} if seen is None else seen
+    out = FolderWalk()
+
+    def visit(d: Path, ancestors: tuple[Path, ...]) -> None:
+        real = d.resolve()
+        if real in ancestors:
+            out.problems.append(("link-loop", d, (
+                f"symbolic link loop: {d} points to {real}, a folder that contains it, so its images would be "
+                "counted again; remove the link")))  # fmt: skip
+            return
+        if real in seen:
+            out.problems.append(("link-repeat", d, (
+                f"{d} leads to {real}, which is already part of the dataset as {seen[real]}: its images would be "
+                "counted twice, possibly under another label; remove the link or copy the images")))  # fmt: skip
+            return
+        seen[real] = d
+        if d.is_symlink() and not real.is_relative_to(root_real):
+            out.problems.append(
+                ("link-outside", d, f"{d} is a symbolic link leaving the dataset folder (to {real})")
+            )
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise DatasetError(f"cannot list {d}: {e.strerror}; check its permissions") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            path = Path(e.path)
+            if e.is_dir():  # follows links
+                visit(path, (*ancestors, real))
+            elif e.is_file():
+                (out.images if is_image_file(e.name) else out.others).append(path)
+            elif e.is_symlink():
+                out.problems.append(
+                    ("link-broken", path, f"{path} is a broken symbolic link (to {os.readlink(path)})")
+                )
+
+    visit(folder, ())
+    return out
+
+
+def images_under(
+    folder: str | Path, root: str | Path | None = None, seen: dict[Path, Path] | None = None
+) -> list[Path]:
+    """:func:`walk_folder`'s images, a link loop or repeat raised as a :class:`DatasetError` naming the link,
+    the other link problems logged once each."""
+    walk = walk_folder(folder, root, seen)
+    errors = walk.errors()
+    if errors:
+        more = f" ({len(errors) - 1} more link problems)" if len(errors) > 1 else ""
+        raise DatasetError(errors[0][2] + more)
+    for _, _, message in walk.problems:
+        logger.warning("%s", message)
+    return walk.images
+
+
 def scan_images(root: str | Path) -> list[str]:
-    """Every image file under ``root`` (any depth), sorted; raises :class:`DatasetError` when there is none."""
+    """Every image file under ``root`` (any depth, :func:`images_under`), as strings; raises
+    :class:`DatasetError` when there is none."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(
             f"'{root}' is not a folder; point data.path (or data.predict_path) at a folder of images"
         )
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    files = [str(p) for p in images_under(root)]
     if not files:
         raise DatasetError(
-            f"no image files under '{root}' (looked for .jpg/.png/... at any depth); point data.path (or data.predict_path) at a folder "
-            "of images"
+            f"no image files under '{root}' (looked for .jpg/.png/... at any depth); point data.path (or "
+            "data.predict_path) at a folder of images"
         )
     return files
 
@@ -360,6 +471,12 @@ class DigitsSource(ClassificationSource):
         return {k: full.subset(v) for k, v in fixed_split_60_20_20(full.targets, "the digits").items()}
 
 
+def printable_name(name: str) -> str:
+    """A file name as text any output can carry: bytes that are not UTF-8 (held as surrogates by ``os``)
+    become ``\\xNN``; a UTF-8 name is returned unchanged."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def list_class_dirs(split_dir: Path) -> list[str]:
     """Sorted class folder names under ``split_dir``.
 
@@ -436,10 +553,14 @@ class ImageFolderSource(ClassificationSource):
                     "split needs the same class folders: add the missing ones or remove the extra ones"
                 )
 
-        class_to_idx = {c: i for i, c in enumerate(classes)}
         self.samples: dict[str, list[tuple[str, int]]] = {}
+        seen: dict[
+            Path, Path
+        ] = {}  # every folder reached, across splits and classes: a link cannot repeat one
         for split in present:
-            samples = make_dataset(root / split, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+            samples = [
+                (str(p), i) for i, c in enumerate(classes) for p in images_under(root / split / c, root, seen)
+            ]
             counts = np.bincount([t for _, t in samples], minlength=len(classes))
             empty = [classes[i] for i in np.flatnonzero(counts == 0)]
             if empty:
@@ -452,7 +573,9 @@ class ImageFolderSource(ClassificationSource):
                     f"{', '.join(IMG_EXTENSIONS)}. Add images, or delete the class folder from every split"
                 )
             self.samples[split] = samples
-        super().__init__(root, classes)
+        # a folder name that is not UTF-8 is still a class: its undecodable bytes are shown as \xNN (reports,
+        # plots, JSON), while the files are read through the names the file system gave
+        super().__init__(root, [printable_name(c) for c in classes])
         self.val_fraction = val_fraction
         self.on_corrupt = on_corrupt
 

@@ -29,6 +29,7 @@ from transferkit.data.sources import (
     is_image_file,
     list_class_dirs,
     read_csv_rows,
+    walk_folder,
 )
 from transferkit.errors import DatasetError, UserError
 
@@ -247,6 +248,7 @@ def _scan_imagefolder(root: Path) -> tuple[DatasetReport, _Files]:
 
     class_sets: dict[str, list[str]] = {}
     files: _Files = []
+    seen: dict[Path, Path] = {}  # the loader's rule: a folder reached twice (through a link) is an error
     for split in present:
         split_dir = root / split
         classes = list_class_dirs(split_dir)
@@ -267,23 +269,18 @@ def _scan_imagefolder(root: Path) -> tuple[DatasetReport, _Files]:
                 split_dir,
             )
         for cls in classes:
-            n_images = 0
-            for dirpath, dirnames, filenames in os.walk(split_dir / cls, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if name.startswith("."):
-                        continue
-                    p = Path(dirpath) / name
-                    if is_image_file(name):
-                        files.append((split, cls, p))
-                        n_images += 1
-                    else:
-                        report.add(
-                            "warning",
-                            "non-image",
-                            "not an image file (by extension): ignored by the loader",
-                            p,
-                        )
+            walk = walk_folder(split_dir / cls, root, seen)
+            for p in walk.images:
+                files.append((split, cls, p))
+            n_images = len(walk.images)
+            for p in walk.others:
+                report.add(
+                    "warning", "non-image", "not an image file (by extension): ignored by the loader", p
+                )
+            for kind, link, message in walk.problems:
+                report.add(
+                    "error" if kind in ("link-loop", "link-repeat") else "warning", kind, message, link
+                )
             if n_images == 0:
                 report.add(
                     "error",

@@ -62,7 +62,7 @@ from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.utils.devices import default_device, resolve_device
 from transferkit.utils.digest import tensors_digest
-from transferkit.utils.io import atomic_write_json
+from transferkit.utils.io import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +312,18 @@ def _load_entry(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | N
         log.warning("ignoring inconsistent feature-cache entry %s", path)
         return None
     return summaries, labels, meta
+
+
+LOCK_FILE = ".lock"
+
+
+def _remove_orphans(key_dir: Path) -> None:
+    """Temporary entry folders under ``key_dir`` left by a killed extraction (called with the key's lock held,
+    so no live writer owns one)."""
+    for child in key_dir.iterdir():
+        if child.is_dir() and child.name.startswith(".") and child.name.endswith(".tmp"):
+            log.info("removing %s, left by an extraction that did not finish", child)
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def _find_entry(
@@ -638,7 +650,7 @@ def get_features(
         "dtype": dtype,
     }
 
-    if cache and not refresh:
+    def cached() -> FeatureSet | None:
         found = _find_entry(key_dir, layers, summaries)
         if found is None and layers is None:
             # an entry of the last k blocks (compare's probes store one) serves the final output when the
@@ -647,12 +659,16 @@ def get_features(
             if found is not None and not last_block_is_final(bb, datamodule.dataset(split)):
                 found = None
         loaded = _load_entry(found) if found is not None else None
-        if loaded is not None:
-            arr, labels, meta = loaded
-            log.info("feature cache hit: %s %s (%s)", bb.name, split, found)
-            return FeatureSet(np.empty(0), labels, {**meta, "cache_hit": True}, found, arr).view(
-                pooling, layers
-            )
+        if loaded is None:
+            return None
+        arr, labels, meta = loaded
+        log.info("feature cache hit: %s %s (%s)", bb.name, split, found)
+        return FeatureSet(np.empty(0), labels, {**meta, "cache_hit": True}, found, arr).view(pooling, layers)
+
+    if cache and not refresh:
+        hit = cached()
+        if hit is not None:
+            return hit
 
     batch_size = int(batch_size or getattr(datamodule, "eval_batch_size", None) or 128)
     workers = int(num_workers if num_workers is not None else getattr(datamodule, "num_workers", 0))
@@ -674,34 +690,42 @@ def get_features(
         return FeatureSet(np.empty(0), labels, meta, None, arr).view(pooling, layers)
 
     entry_name = _entry_name(layers, summaries)
-    key_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name}.", suffix=".tmp", dir=key_dir))
     final = key_dir / entry_name
-    try:
-
-        def allocate(shape: tuple[int, ...]) -> np.ndarray:
-            return np.lib.format.open_memmap(tmp / "summaries.npy", mode="w+", dtype=np.float32, shape=shape)
-
-        arr, labels, timing = extract_summaries(bb, dataset, allocate=allocate, **common)
-        if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
-            arr.flush()
-            del arr
-        else:  # unreadable images were skipped: store only the kept rows
-            kept = np.array(arr)
-            del arr  # close the memmap before overwriting its file
-            np.save(tmp / "summaries.npy", kept)
-        np.save(tmp / "labels.npy", labels)
-        meta = _extraction_meta(base_meta, layers, summaries, timing, batch_size, device, cached=True)
-        atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks a complete entry
-        if final.exists():  # refresh, or an unreadable entry: replace it
-            shutil.rmtree(final, ignore_errors=True)
+    # one writer per key at a time: a second run of the same backbone on the same data waits here, then
+    # reads the first one's entry instead of extracting again
+    with file_lock(key_dir / LOCK_FILE):
+        _remove_orphans(key_dir)
+        if not refresh:
+            hit = cached()
+            if hit is not None:
+                return hit
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name}.", suffix=".tmp", dir=key_dir))
         try:
+
+            def allocate(shape: tuple[int, ...]) -> np.ndarray:
+                return np.lib.format.open_memmap(
+                    tmp / "summaries.npy", mode="w+", dtype=np.float32, shape=shape
+                )
+
+            arr, labels, timing = extract_summaries(bb, dataset, allocate=allocate, **common)
+            if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
+                arr.flush()
+                del arr
+            else:  # unreadable images were skipped: store only the kept rows
+                kept = np.array(arr)
+                del arr  # close the memmap before overwriting its file
+                np.save(tmp / "summaries.npy", kept)
+            np.save(tmp / "labels.npy", labels)
+            meta = _extraction_meta(base_meta, layers, summaries, timing, batch_size, device, cached=True)
+            atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks a complete entry
+            if (
+                final.exists()
+            ):  # refresh, or an unreadable entry: replace it (no other writer: we hold the lock)
+                shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-        except OSError:  # another process stored the same entry meanwhile: keep theirs
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
     loaded = _load_entry(final)
     assert loaded is not None, final
     arr, labels, stored_meta = loaded

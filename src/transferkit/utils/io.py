@@ -35,6 +35,22 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` (created if missing) for the duration of the block: other
+    processes taking it wait."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
     try:

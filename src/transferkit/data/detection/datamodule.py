@@ -40,7 +40,7 @@ from transferkit.data.grounding import (
     boxes_to_model,
     read_grounding_jsonl,
 )
-from transferkit.data.sources import is_image_file, load_rgb
+from transferkit.data.sources import load_rgb, scan_images
 from transferkit.errors import DatasetError, UserError
 
 log = logging.getLogger(__name__)
@@ -405,9 +405,7 @@ class DetectionDataModule(L.LightningDataModule):
             return self.dataset("test")
         p = Path(self.predict_path)
         if p.is_dir():
-            images = sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            if not images:
-                raise DatasetError(f"predict_path '{p}' holds no image files")
+            images = [str(Path(f).relative_to(p)) for f in scan_images(p)]
             return self._make_dataset([GroundingRecord([i]) for i in images], p, train=False)
         if p.is_file():
             records, _ = read_annotations(p, strict=self.strict)
