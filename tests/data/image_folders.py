@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -13,7 +14,7 @@ CLASSES = ("cat", "dog", "fox")
 
 def write_image(path: Path, size: int = 16, mode: str = "RGB") -> None:
     """A ``size`` x ``size`` random image at ``path`` in ``mode``; the content is a function of the path."""
-    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # distinct content per path
+    rng = np.random.default_rng(zlib.crc32(os.fsencode(path)))  # distinct content per path
     image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     if mode != "RGB":
         image = image.convert(mode)

@@ -308,3 +308,68 @@ def test_build_source_rejects_bad_options(tmp_path):
         build_source("digits", on_corrupt="ignore")
     with pytest.raises(UserError, match="val_fraction"):
         build_source("imagefolder", tmp_path, val_fraction=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- hostile folders
+def _loop(root):  # train/cat/loop -> .. (the train folder: every class would be counted again as cat)
+    (root / "train" / "cat" / "loop").symlink_to("..", target_is_directory=True)
+
+
+def _repeat(root):  # train/cat/more -> ../dog (dog's images counted again, labelled cat)
+    (root / "train" / "cat" / "more").symlink_to(root / "train" / "dog", target_is_directory=True)
+
+
+HOSTILE = {
+    "a link loop": (_loop, "symbolic link loop", "link-loop"),
+    "a link to another class": (_repeat, "also part of the dataset", "link-repeat"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_symlink_tricks_are_errors_naming_the_link_in_the_loader_and_the_checker(case, tmp_path):
+    from transferkit.data.validate import check_dataset
+
+    root = make_folder(tmp_path / "data", n=2)
+    make, says, kind = HOSTILE[case]
+    make(root)
+    with pytest.raises(DatasetError, match=says) as e:
+        build_source("imagefolder", str(root))
+    assert str(root / "train" / "cat") in str(e.value) and "\n" not in str(e.value)
+    report = check_dataset(root)
+    found = [i for i in report.issues if i.kind == kind]
+    assert found and found[0].severity == "error" and str(root / "train" / "cat") in str(found[0].path)
+
+
+def test_a_link_leaving_the_dataset_is_followed_with_a_warning(tmp_path, caplog):
+    elsewhere = make_folder(tmp_path / "other", splits=("train",), classes=("cat",), n=3)
+    root = make_folder(tmp_path / "data", n=2)
+    (root / "train" / "cat" / "extra").symlink_to(elsewhere / "train" / "cat", target_is_directory=True)
+    src = build_source("imagefolder", str(root))
+    assert len(src.samples["train"]) == 2 * len(CLASSES) + 3
+    assert "symbolic link leaving the dataset folder" in caplog.text
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_shown_escaped(tmp_path):
+    import os
+
+    root = make_folder(tmp_path / "data", n=2)
+    odd = os.fsdecode(b"b\xffd")
+    for split in ("train", "val", "test"):
+        write_image(root / split / odd / os.fsdecode(b"\xfe.png"))
+    src = build_source("imagefolder", str(root))
+    assert "b\\xffd" in src.class_names
+    ds = src.splits()["train"]
+    assert ds.content_digest() and ds[len(ds) - 1][0].shape[0] == 3
+
+
+def test_a_decompression_bomb_sized_image_is_said_once_in_our_words(tmp_path, caplog, monkeypatch, recwarn):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 12x12 image is then "too large" by PIL's check
+    write_image(tmp_path / "big.png", size=12)
+    load_rgb(tmp_path / "big.png")
+    load_rgb(tmp_path / "big.png")
+    assert caplog.text.count("decompression-bomb check") == 1
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    write_image(tmp_path / "huge.png", size=16)  # 256 > 2 x 100 pixels: PIL refuses it
+    ds = ImageFileDataset([(str(tmp_path / "huge.png"), 0)], ["x"], on_corrupt="error")
+    with pytest.raises(DatasetError, match="more than 0M pixels|more than PIL decodes"):
+        ds[0]

@@ -164,7 +164,7 @@ def convert(
     output: str,
     *,
     image_root: str | None = None,
-    strict: bool = False,
+    on_corrupt: Literal["error", "skip"] = "skip",
     max_issues: int = 30,
 ) -> int:
     """Convert grounding JSONL (.jsonl) <-> COCO detection json (.json); the direction follows the file
@@ -176,13 +176,13 @@ def convert(
         output: the .json or .jsonl file to write.
         image_root: folder image paths are relative to, for reading sizes missing from JSONL (default: the
             input's folder).
-        strict: stop at the first malformed record.
+        on_corrupt: a malformed record, or one whose image is missing, not an image or outside the dataset
+            folder: skip it (listed; exit 1) or error (stop at the first). Boxes outside their image are
+            clamped, zero-area ones dropped, each listed as fixed.
         max_issues: malformed records printed.
     """
-    from PIL import Image
-
     from transferkit.data.detection.coco import read_coco, records_to_coco, write_coco
-    from transferkit.data.grounding import read_grounding_jsonl, write_grounding_jsonl
+    from transferkit.data.grounding import check_records, read_grounding_jsonl, write_grounding_jsonl
     from transferkit.errors import UserError
     from transferkit.utils.console import make_console
 
@@ -195,33 +195,37 @@ def convert(
     if src.resolve() == dst.resolve():
         raise UserError("input and output are the same file")
     console = make_console()
+    strict = on_corrupt == "error"
+    root = Path(image_root) if image_root else src.parent
     notes: list[str] = []
     if src.suffix == ".jsonl":
         records, errors = read_grounding_jsonl(src, strict=strict)
-        root = Path(image_root) if image_root else src.parent
-
-        def size_of(rec) -> tuple[int, int]:
-            p = Path(rec.image)
-            with Image.open(p if p.is_absolute() else root / p) as im:
-                return im.height, im.width
-
-        coco, more = records_to_coco(records, size_of=size_of, strict=strict, source=str(src))
+    else:
+        records, errors, notes = read_coco(src, strict=strict)
+    # every record against its image (sizes read from the files): paths leaving the folder, missing or
+    # non-image files are skipped; boxes outside the image clamped, zero-area ones dropped
+    check = check_records(records, root, str(src), open_images=True, strict=strict)
+    errors += check.skipped
+    if src.suffix == ".jsonl":
+        coco, more = records_to_coco(check.records, strict=strict, source=str(src))
         errors += more
         write_coco(dst, coco)
         n_images, n_objects = len(coco["images"]), len(coco["annotations"])
     else:
-        records, errors, notes = read_coco(src, strict=strict)
-        write_grounding_jsonl(dst, records)
-        n_images, n_objects = len(records), sum(len(r.objects) for r in records)
+        write_grounding_jsonl(dst, check.records)
+        n_images, n_objects = len(check.records), sum(len(r.objects) for r in check.records)
     for note in notes:
         console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
-    for err in errors[:max_issues]:
-        console.print(f"[red]skipped[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-    if len(errors) > max_issues:
-        console.print(f"... and {len(errors) - max_issues} more skipped records")
+    for label, items in (("skipped", errors), ("fixed", check.fixed)):
+        for err in items[:max_issues]:
+            console.print(f"[{'red' if label == 'skipped' else 'yellow'}]{label}[/] {escape(str(err))}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+        if len(items) > max_issues:
+            console.print(f"... and {len(items) - max_issues} more {label}")
     verdict = "[green]OK[/green]" if not errors else f"[red]{len(errors)} record(s) skipped[/red]"
+    fixes = f", {len(check.fixed)} box(es) fixed" if check.fixed else ""
     console.print(
-        f"{verdict}: wrote {n_images} images, {n_objects} objects to {escape(str(dst))}",
+        f"{verdict}{fixes}: wrote {n_images} images, {n_objects} objects to {escape(str(dst))}",
         highlight=False,
         soft_wrap=True,
     )

@@ -189,35 +189,160 @@ def read_grounding_jsonl(
 ) -> tuple[list[GroundingRecord], list[RecordError]]:
     """Read a grounding JSONL file: ``(records, errors)``.
 
-    Blank lines are skipped. A malformed line (bad JSON, missing/ill-typed keys, an inverted box) becomes a
-    :class:`RecordError` with its 1-based line number and every other record is returned; with
-    ``strict=True`` the first one raises :class:`DatasetError` instead.
+    Blank lines are skipped. A malformed line (not UTF-8, bad JSON, missing/ill-typed keys, an inverted box)
+    becomes a :class:`RecordError` with its 1-based line number and every other record is returned; with
+    ``strict=True`` the first one raises :class:`DatasetError` instead. The caller reports the errors
+    (``transferkit.data.detection.read_annotations`` logs them with :func:`report_record_problems`).
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"grounding JSONL file '{path}' does not exist")
     records: list[GroundingRecord] = []
     errors: list[RecordError] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
+                text = raw.decode("utf-8")
+                if not text.strip():
+                    continue
                 records.append(parse_record(json.loads(text), lineno))
+            except UnicodeDecodeError as e:
+                err = RecordError(
+                    str(path), lineno, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                )
+                if strict:
+                    raise DatasetError(f"{err} (strict mode; without it the line would be skipped)") from None
+                errors.append(err)
             except ValueError as e:  # json.JSONDecodeError is a ValueError
                 err = RecordError(str(path), lineno, str(e))
                 if strict:
                     raise DatasetError(f"{err} (strict mode; without it the line would be skipped)") from None
                 errors.append(err)
-    if errors:
-        log.warning(
-            "%s: skipped %d malformed line(s) of %d records, first: %s",
-            path,
-            len(errors),
-            len(records) + len(errors),
-            errors[0],
-        )
     return records, errors
+
+
+@dataclass
+class RecordCheck:
+    """What :func:`check_records` did: the records kept (boxes fixed), the records skipped (errors) and the
+    fixes made (warnings: a box clamped into its image, a zero-area box dropped)."""
+
+    records: list[GroundingRecord]
+    skipped: list[RecordError]
+    fixed: list[RecordError]
+
+
+def _where(rec: GroundingRecord, index: int) -> str:
+    return f"line {rec.line}" if rec.line is not None else f"record {index}"
+
+
+def check_records(
+    records: Sequence[GroundingRecord], root: str | os.PathLike, source: str, *, open_images: bool = False,
+    strict: bool = False,
+) -> RecordCheck:  # fmt: skip
+    """Check records against their images before anything trains or is written.
+
+    Skipped (an error; the first one raises :class:`DatasetError` with ``strict``): an image path that leaves
+    ``root`` (``../../etc/passwd``), a missing image file and, with ``open_images``, a file PIL cannot identify
+    as an image (a text file named ``.png``). Fixed (a warning): a box outside the image (or with negative
+    coordinates) is clamped into it, a box of zero area after that is dropped. With ``open_images`` a missing
+    ``width``/``height`` is read from the file (and a given one that differs from it is reported and
+    corrected)."""
+    from PIL import Image
+
+    root = Path(root)
+    root_real = root.resolve()
+    kept: list[GroundingRecord] = []
+    skipped: list[RecordError] = []
+    fixed: list[RecordError] = []
+
+    def skip(rec: GroundingRecord, i: int, message: str) -> None:
+        err = RecordError(
+            source, rec.line, message if rec.line is not None else f"{_where(rec, i)}: {message}"
+        )
+        if strict:
+            raise DatasetError(f"{err} (strict mode; without it the record would be skipped)")
+        skipped.append(err)
+
+    def fix(rec: GroundingRecord, i: int, message: str) -> None:
+        fixed.append(
+            RecordError(source, rec.line, message if rec.line is not None else f"{_where(rec, i)}: {message}")
+        )
+
+    for i, rec in enumerate(records):
+        rel = Path(rec.image)
+        path = rel if rel.is_absolute() else root / rel
+        if not rel.is_absolute() and not path.resolve().is_relative_to(root_real):
+            skip(rec, i, f"image path '{rec.image}' leaves the dataset folder {root}; give paths inside it")
+            continue
+        if not path.is_file():
+            skip(rec, i, f"image file '{path}' does not exist")
+            continue
+        if open_images:
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... on a bad file
+                skip(rec, i, f"'{path}' is not a readable image ({type(e).__name__})")
+                continue
+            if rec.size is not None and (rec.width, rec.height) != (w, h):
+                fix(
+                    rec,
+                    i,
+                    f"width/height {rec.width}x{rec.height} differ from the image's {w}x{h}: using the image's",
+                )
+            rec.width, rec.height = w, h
+        if rec.size is not None:
+            h, w = rec.size
+            objects = []
+            for j, o in enumerate(rec.objects):
+                x1, y1, x2, y2 = o.bbox
+                c = (min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h))
+                if c[2] <= c[0] or c[3] <= c[1]:
+                    fix(
+                        rec,
+                        i,
+                        f"objects[{j}] box {list(o.bbox)} has no area inside the {w}x{h} image: dropped",
+                    )
+                    continue
+                if c != tuple(o.bbox):
+                    fix(
+                        rec,
+                        i,
+                        f"objects[{j}] box {list(o.bbox)} is outside the {w}x{h} image: clamped to {list(c)}",
+                    )
+                    o.bbox = c
+                objects.append(o)
+            rec.objects = objects
+        else:
+            for j, o in enumerate(rec.objects):
+                if min(o.bbox) < 0:
+                    c = tuple(max(v, 0) for v in o.bbox)
+                    fix(
+                        rec,
+                        i,
+                        f"objects[{j}] box {list(o.bbox)} has negative coordinates: clamped to {list(c)}",
+                    )
+                    o.bbox = c
+            zero = [j for j, o in enumerate(rec.objects) if o.bbox[2] <= o.bbox[0] or o.bbox[3] <= o.bbox[1]]
+            for j in zero:
+                fix(rec, i, f"objects[{j}] box {list(rec.objects[j].bbox)} has zero area: dropped")
+            rec.objects = [o for j, o in enumerate(rec.objects) if j not in zero]
+        kept.append(rec)
+    return RecordCheck(kept, skipped, fixed)
+
+
+def report_record_problems(
+    source: str | os.PathLike, check: RecordCheck, errors: Sequence[RecordError] = ()
+) -> None:
+    """One warning per kind: records skipped (malformed or failing :func:`check_records`) and boxes fixed, each
+    with the first few listed."""
+    skipped = [*errors, *check.skipped]
+    if skipped:
+        log.warning("%s: skipped %d record(s): %s", source, len(skipped), "; ".join(str(e) for e in skipped[:5])
+                    + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""))  # fmt: skip
+    if check.fixed:
+        log.warning("%s: fixed %d box(es): %s", source, len(check.fixed), "; ".join(str(e) for e in check.fixed[:5])
+                    + (f"; ... ({len(check.fixed) - 5} more)" if len(check.fixed) > 5 else ""))  # fmt: skip
 
 
 def write_grounding_jsonl(path: str | os.PathLike, records: Iterable[GroundingRecord | dict]) -> Path:

@@ -312,8 +312,11 @@ def walk_folder(
                 "counted again; remove the link")))  # fmt: skip
             return
         if real in seen:
-            out.problems.append(("link-repeat", d, (
-                f"{d} leads to {real}, which is already part of the dataset as {seen[real]}: its images would be "
+            first = seen[real]
+            # name the way in that goes through a link (the other one is the folder itself)
+            link, other = (d, first) if Path(os.path.abspath(d)) != real else (first, d)
+            out.problems.append(("link-repeat", link, (
+                f"{link} leads to {real}, which is also part of the dataset as {other}: its images would be "
                 "counted twice, possibly under another label; remove the link or copy the images")))  # fmt: skip
             return
         seen[real] = d

@@ -33,9 +33,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.datamodule import shuffling_sampler
-from transferkit.data.detection.datamodule import DetectionDataModule, DetectionDataset, object_indices
+from transferkit.data.detection.datamodule import (
+    DetectionDataModule,
+    DetectionDataset,
+    object_indices,
+    read_annotations,
+)
 from transferkit.data.detection.shapes import ShapesConfig
-from transferkit.data.grounding import GroundingRecord, read_grounding_jsonl
+from transferkit.data.grounding import GroundingRecord
 from transferkit.data.sources import load_rgb
 from transferkit.errors import DatasetError, UserError
 from transferkit.vlm.chat import (
@@ -237,7 +242,7 @@ class VLMGroundingDataModule(L.LightningDataModule):
         num_workers: int = 0,
         label_from: Literal["category", "desc", "object"] = "category",
         val_fraction: float = 0.1,
-        strict: bool = False,
+        on_corrupt: Literal["error", "skip"] = "skip",
         shapes: ShapesConfig = ShapesConfig(),
         seed: int = 0,
         pin_memory: bool | None = None,
@@ -272,7 +277,8 @@ class VLMGroundingDataModule(L.LightningDataModule):
             label_from: An object's class for mAP: ``category`` (its ``category`` key, else ``desc`` up to the
                 first ``/``), ``desc`` (the whole description) or ``object`` (class-agnostic).
             val_fraction: Share of train held out as validation when there is no validation file.
-            strict: Fail at the first malformed record instead of skipping it with a warning.
+            on_corrupt: A malformed record or one whose image is missing or unreadable: ``skip`` it with a
+                warning listing them, or ``error`` (stop at the first).
             shapes: Parameters of the synthetic set (``source: shapes``).
             seed: Seed of the training order, the validation hold-out and the evaluation demonstrations.
             pin_memory: Pin host memory; default: when CUDA is available.
@@ -305,7 +311,7 @@ class VLMGroundingDataModule(L.LightningDataModule):
             batch_size=batch_size,
             label_from=label_from,
             val_fraction=val_fraction,
-            strict=strict,
+            on_corrupt=on_corrupt,
             shapes=shapes,
             seed=seed,
         )
@@ -374,10 +380,11 @@ class VLMGroundingDataModule(L.LightningDataModule):
             hp = self.hparams
             if hp.demo_file:
                 f = Path(hp.demo_file)
-                records, _ = read_grounding_jsonl(f, strict=hp.strict)
+                root = Path(hp.demo_image_root) if hp.demo_image_root else f.parent
+                records, _ = read_annotations(f, root, strict=hp.on_corrupt == "error")
                 if not records:
                     raise DatasetError(f"demo_file '{f}' holds no usable record")
-                self._pool = DemoPool(records, Path(hp.demo_image_root) if hp.demo_image_root else f.parent)
+                self._pool = DemoPool(records, root)
             else:
                 train = self.records.dataset("train")
                 self._pool = DemoPool(train.records, train.root)

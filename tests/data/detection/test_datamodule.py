@@ -100,7 +100,7 @@ def test_held_out_val_test_falls_back_and_malformed_lines_are_skipped(tmp_path):
     val_target = dm.dataset("val")[0][1]
     assert val_target["desc"].tolist() == [-100]  # a description never seen in training is ignored
     with pytest.raises(DatasetError, match="strict"):
-        DetectionDataModule(source="auto", path=str(root), strict=True).describe()
+        DetectionDataModule(source="auto", path=str(root), on_corrupt="error").describe()
 
 
 def test_shapes_source_generates_once_and_predicts_on_a_folder(tmp_path):
@@ -133,13 +133,39 @@ def test_cache_keeps_deterministic_items_only(tmp_path):
     root = white_box_dataset(tmp_path / "d")
     dm = DetectionDataModule(source="grounding", path=str(root), image_size=16, cache=True, val_fraction=0.34)
     ds = dm.dataset("train")
+    augmenting = DetectionDataModule(
+        source="grounding", path=str(root), cache=True, augment="hflip", val_fraction=0.34
+    )
+    assert augmenting.dataset("train", train_transform=True).cache is None
     first = ds[0]
     (root / "train0.png").unlink()  # served from memory from now on
     (root / "train1.png").unlink()
     again = ds[0]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes"], again[1]["boxes"])
     assert len(ds.cache) == 1
-    augmenting = DetectionDataModule(
-        source="grounding", path=str(root), cache=True, augment="hflip", val_fraction=0.34
-    )
-    assert augmenting.dataset("train", train_transform=True).cache is None
+
+
+def test_coco_training_reports_every_dropped_annotation_and_can_fail_instead(tmp_path, caplog):
+    root = tmp_path / "coco"
+    root.mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 20)).save(root / f"{i}.png")
+    coco = {
+        "images": [{"id": i + 1, "file_name": f"{i}.png", "width": 20, "height": 20} for i in range(3)],
+        "categories": [{"id": 1, "name": "box"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 5, 5]},
+            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [2, 2, 5, 5]},  # unknown category
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [2, 2, -5, 5]},  # negative width
+            {"id": 4, "image_id": 9, "category_id": 1, "bbox": [2, 2, 5, 5]},  # unknown image
+            {"id": 5, "image_id": 3, "category_id": 1, "bbox": [15, 15, 10, 10]},  # outside the image: clamped
+        ],
+    }
+    (root / "train.json").write_text(json.dumps(coco))
+    dm = DetectionDataModule(source="coco", path=str(root), image_size=16, val_fraction=0.34)
+    dm.setup("fit")
+    said = caplog.text
+    assert "skipped 3 record(s)" in said and "annotations[1]" in said and "annotations[2]" in said
+    assert "annotations[3]" in said and "fixed 1 box(es)" in said and "clamped to [15, 15, 20, 20]" in said
+    with pytest.raises(DatasetError, match=r"annotations\[1\].*category_id 7"):
+        DetectionDataModule(source="coco", path=str(root), on_corrupt="error").setup("fit")

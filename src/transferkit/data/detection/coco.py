@@ -54,7 +54,11 @@ def read_coco(
     if not path.is_file():
         raise DatasetError(f"COCO file '{path}' does not exist")
     try:
-        coco = json.loads(path.read_text(encoding="utf-8"))
+        coco = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"'{path}' is not UTF-8 text (byte at offset {e.start}); COCO files are UTF-8 JSON"
+        ) from None
     except ValueError as e:
         raise DatasetError(f"'{path}' is not valid JSON ({e}); expected a COCO detection file") from None
     return coco_to_records(coco, str(path), strict=strict)
@@ -69,6 +73,11 @@ def coco_to_records(
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise DatasetError(
             f"{source}: not a COCO detection file (needs 'images', 'annotations', 'categories')"
+        )
+    if not isinstance(coco.get("categories"), list):
+        raise DatasetError(
+            f'{source}: a COCO detection file needs a \'categories\' list ([{{"id": 1, "name": "cat"}}, ...]); '
+            "without it no annotation has a class"
         )
     errors: list[RecordError] = []
 

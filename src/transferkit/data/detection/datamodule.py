@@ -38,7 +38,9 @@ from transferkit.data.grounding import (
     GroundingRecord,
     RecordError,
     boxes_to_model,
+    check_records,
     read_grounding_jsonl,
+    report_record_problems,
 )
 from transferkit.data.sources import load_rgb, scan_images
 from transferkit.errors import DatasetError, UserError
@@ -52,16 +54,26 @@ IGNORE_DESC = -100
 
 
 def read_annotations(
-    path: str | os.PathLike, *, strict: bool = False
+    path: str | os.PathLike, root: str | os.PathLike | None = None, *, strict: bool = False
 ) -> tuple[list[GroundingRecord], list[RecordError]]:
-    """Read ``.jsonl`` (grounding) or ``.json`` (COCO) annotations as grounding records."""
+    """Read ``.jsonl`` (grounding) or ``.json`` (COCO) annotations as grounding records, checked against their
+    images under ``root`` (default: the file's folder; :func:`~transferkit.data.grounding.check_records`,
+    which opens each image's header: about 50 us an image): malformed records, paths leaving ``root``, missing
+    or non-image files are skipped, boxes outside their image clamped, and each kind is logged once with the
+    first few listed; ``strict`` fails at the first skip.
+    Returns the records kept and the errors of those skipped."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return read_grounding_jsonl(path, strict=strict)
-    if path.suffix == ".json":
-        records, errors, notes = read_coco(path, strict=strict)
-        return records, errors
-    raise UserError(f"'{path}': annotation files are .jsonl (grounding) or .json (COCO)")
+        records, errors = read_grounding_jsonl(path, strict=strict)
+    elif path.suffix == ".json":
+        records, errors, _ = read_coco(path, strict=strict)
+    else:
+        raise UserError(f"'{path}': annotation files are .jsonl (grounding) or .json (COCO)")
+    check = check_records(
+        records, root if root is not None else path.parent, str(path), open_images=True, strict=strict
+    )
+    report_record_problems(path, check, errors)
+    return check.records, [*errors, *check.skipped]
 
 
 def object_label(obj: Any, label_from: str) -> str:
@@ -221,7 +233,7 @@ class DetectionDataModule(L.LightningDataModule):
         augment: Literal["none", "hflip", "basic"] = "none",
         label_from: Literal["category", "desc", "object"] = "category",
         val_fraction: float = 0.1,
-        strict: bool = False,
+        on_corrupt: Literal["error", "skip"] = "skip",
         cache: bool = False,
         shapes: ShapesConfig = ShapesConfig(),
         seed: int = 0,
@@ -248,7 +260,10 @@ class DetectionDataModule(L.LightningDataModule):
             label_from: An object's class: ``category`` (its ``category`` key, else ``desc`` up to the first
                 ``/``), ``desc`` (the whole description) or ``object`` (class-agnostic).
             val_fraction: Share of train held out as validation when there is no validation file.
-            strict: Fail at the first malformed record instead of skipping it with a warning.
+            on_corrupt: A malformed record, or one whose image is missing, not an image or outside the dataset
+                folder: ``skip`` it (one warning lists them; the default) or ``error`` (stop at the first,
+                naming it). Boxes outside their image are clamped either way (with a warning). An image that
+                breaks while decoding stops training, naming the file.
             cache: Keep decoded, resized images in memory after their first epoch (evaluation splits, and
                 training with ``augment: none``); for datasets that fit in RAM (``S * S * 3`` floats each).
             shapes: Parameters of the synthetic set (``source: shapes``).
@@ -280,7 +295,9 @@ class DetectionDataModule(L.LightningDataModule):
         self.augment = augment
         self.label_from = label_from
         self.val_fraction = float(val_fraction)
-        self.strict = strict
+        if on_corrupt not in ("error", "skip"):
+            raise UserError(f"data.on_corrupt must be 'error' or 'skip', got '{on_corrupt}'")
+        self.strict = on_corrupt == "error"
         self.cache = cache
         self.seed = int(seed)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -331,11 +348,12 @@ class DetectionDataModule(L.LightningDataModule):
         for split, f in files.items():
             if f is None:
                 continue
-            records, errors = read_annotations(f, strict=self.strict)
+            root = self.image_root or f.parent
+            records, errors = read_annotations(f, root, strict=self.strict)
             self.errors += errors
             if not records:
                 raise DatasetError(f"{split} annotations '{f}' hold no usable record")
-            splits[split] = (records, self.image_root or f.parent)
+            splits[split] = (records, root)
         if "val" not in splits:
             records, root = splits["train"]
             if len(records) < 2:
@@ -408,8 +426,9 @@ class DetectionDataModule(L.LightningDataModule):
             images = [str(Path(f).relative_to(p)) for f in scan_images(p)]
             return self._make_dataset([GroundingRecord([i]) for i in images], p, train=False)
         if p.is_file():
-            records, _ = read_annotations(p, strict=self.strict)
-            return self._make_dataset(records, self.image_root or p.parent, train=False)
+            root = self.image_root or p.parent
+            records, _ = read_annotations(p, root, strict=self.strict)
+            return self._make_dataset(records, root, train=False)
         raise DatasetError(f"predict_path '{p}' is neither an annotation file nor a folder of images")
 
     def _loader(self, ds: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
