@@ -260,8 +260,41 @@ def test_failing_forward_is_a_500_and_the_next_request_succeeds(artifact, digit_
     with TestClient(app) as c:
         r = c.post("/predict", files={"f": ("a.png", digit_pngs[0], "image/png")})
         assert r.status_code == 500 and r.json()["detail"]["error"] == "inference_failed"
+        assert "out of memory" not in r.text  # the exception stays in the server log
         assert c.post("/predict", files={"f": ("a.png", digit_pngs[0], "image/png")}).status_code == 200
         assert c.get("/health").json()["status"] == "ok"
+
+
+def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after(artifact, digit_pngs):
+    app = create_app(artifact, max_in_flight=1, max_wait_ms=200.0)  # the first request waits for company
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            app.state.batcher.start()
+            try:
+                first = asyncio.create_task(
+                    client.post("/predict", files={"f": ("a.png", digit_pngs[0], "image/png")})
+                )
+                await asyncio.sleep(0.05)
+                second = await client.post("/predict", files={"f": ("b.png", digit_pngs[1], "image/png")})
+                return [await first, second]
+            finally:
+                await app.state.batcher.stop()
+
+    first, second = asyncio.run(run())
+    assert first.status_code == 200
+    assert second.status_code == 503 and second.headers["retry-after"] == "1"
+    assert second.json()["detail"]["error"] == "busy"
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(artifact):
+    big = png(np.zeros((300, 300, 3), np.uint8))
+    with TestClient(create_app(artifact, max_request_pixels=200_000)) as c:
+        files = [("f", (f"{i}.png", big, "image/png")) for i in range(3)]  # 3 x 90,000 pixels
+        r = c.post("/predict", files=files)
+        assert r.status_code == 413 and "270000 pixels" in r.json()["detail"]["message"]
+        assert c.post("/predict", files=files[:2]).status_code == 200
 
 
 @pytest.mark.slow

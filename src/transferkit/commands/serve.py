@@ -23,6 +23,13 @@ def serve(
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info",
     access_log: bool = False,
     keep_alive_s: float = 30.0,
+    max_request_pixels: int = 100_000_000,
+    max_in_flight: int = 64,
+    body_timeout_s: float = 30.0,
+    head_timeout_s: float = 10.0,
+    max_header_kb: int = 64,
+    api_key: str | None = None,
+    cors_origins: list[str] = [],
 ) -> int:
     """Serve an artifact written by transferkit export (FastAPI + uvicorn, micro-batching): POST /predict,
     GET /health, GET /metadata, GET /metrics (Prometheus) and the OpenAPI docs at /docs.
@@ -44,17 +51,29 @@ def serve(
         log_level: uvicorn log level.
         access_log: log every request (uvicorn access log).
         keep_alive_s: seconds an idle keep-alive connection stays open.
+        max_request_pixels: most pixels (summed over its images) one request may hold, checked before decoding.
+        max_in_flight: requests served at once; more get 503 with Retry-After.
+        body_timeout_s: longest time a request body may take to arrive (408 after).
+        head_timeout_s: longest time a connection may take to send a complete request head (closed after).
+        max_header_kb: largest request head (KiB); a bigger one gets 400.
+        api_key: require this key on every route but /health (also $TRANSFERKIT_API_KEY); none: open.
+        cors_origins: origins allowed by CORS (none: CORS off).
     """
     import uvicorn
     from rich.console import Console
 
-    from transferkit.deploy.server import create_app
+    from transferkit.deploy.server import create_app, guarded_h11_protocol
     from transferkit.errors import UserError
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
     if max_upload_mb <= 0:
         raise UserError(f"--max_upload_mb must be > 0, got {max_upload_mb}")
+    import os
+
+    api_key = api_key or os.environ.get("TRANSFERKIT_API_KEY") or None
+    if max_header_kb < 1:
+        raise UserError(f"--max_header_kb must be >= 1, got {max_header_kb}")
     app = create_app(
         artifact,
         max_batch=max_batch,
@@ -67,16 +86,23 @@ def serve(
         min_score=min_score,
         variant=variant,
         threads=threads,
+        max_request_pixels=max_request_pixels,
+        max_in_flight=max_in_flight,
+        body_timeout_s=body_timeout_s,
+        api_key=api_key,
+        cors_origins=cors_origins,
     )
+    if not head_timeout_s > 0:
+        raise UserError(f"--head_timeout_s must be > 0, got {head_timeout_s}")
     meta = app.state.artifact.metadata
     Console(stderr=True).print(
         f"serving [bold]{app.state.artifact.name}[/bold] ({meta.task}, {len(meta.class_names)} classes) on "
-        f"http://{host}:{port}  (docs: /docs, metrics: /metrics)",
+        f"http://{host}:{port}  (docs: /docs, metrics: /metrics{'; API key required' if api_key else ''})",
         highlight=False,
         soft_wrap=True,
     )
     uvicorn.run(
         app, host=host, port=port, log_level=log_level, access_log=access_log, timeout_keep_alive=keep_alive_s,
-        workers=1,
+        workers=1, http=guarded_h11_protocol(head_timeout_s), h11_max_incomplete_event_size=max_header_kb * 1024,
     )  # fmt: skip
     return 0

@@ -31,6 +31,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -69,6 +70,13 @@ class ServerConfig:
     max_queue: int = 4096
     top_k: int = 5
     min_score: float = 0.5
+    max_request_pixels: int = 100_000_000
+    max_in_flight: int = 64
+    body_timeout_s: float = 30.0
+    head_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
 
     def validate(self) -> ServerConfig:
         for name in (
@@ -78,11 +86,19 @@ class ServerConfig:
             "max_image_pixels",
             "max_queue",
             "top_k",
+            "max_request_pixels",
+            "max_in_flight",
+            "max_header_bytes",
         ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise UserError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("body_timeout_s", "head_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise UserError("the API key must be at least 8 characters")
         if not 0.0 <= self.min_score <= 1.0:
             raise UserError(f"min_score must be in [0, 1], got {self.min_score}")
         return self
@@ -128,8 +144,16 @@ class ErrorResponse(BaseModel):
     detail: ErrorDetail
 
 
-def http_error(status: int, code: str, message: str, **extra: Any) -> HTTPException:
-    return HTTPException(status_code=status, detail={"error": code, "message": message, **extra})
+def http_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> HTTPException:
+    return HTTPException(
+        status_code=status, detail={"error": code, "message": message, **extra}, headers=headers
+    )
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"detail": {"error": code, "message": message}}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -166,6 +190,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.images = Counter("transferkit_images", "Images run through the model", registry=self.registry)
+        self.disconnects = Counter(
+            "transferkit_client_disconnects", "Clients that went away before their request was read",
+            registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "transferkit_queue_depth", "Images waiting for a batch", registry=self.registry
         )
@@ -204,6 +232,84 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, path, str(status)).inc()
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+
+
+class ApiKeyMiddleware:
+    """Every route but ``/health`` needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (pure ASGI,
+    compared in constant time); 401 otherwise."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/health":
+            await self.app(scope, receive, send)
+            return
+        import hmac
+
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-api-key") or b""
+        auth = headers.get(b"authorization") or b""
+        if auth.lower().startswith(b"bearer "):
+            given = auth[7:].strip()
+        if hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            status_code=401,
+            content=error_body(
+                "unauthorized", "send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'"
+            ),
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+def guarded_h11_protocol(head_timeout_s: float) -> type:
+    """Uvicorn's h11 protocol with a deadline on every request head: a connection that has not sent a complete
+    request line and headers ``head_timeout_s`` after connecting (or after its previous response) is closed,
+    so clients trickling partial headers (slowloris) cannot hold connections open. Uvicorn has no such option;
+    its ``timeout_keep_alive`` only covers idle connections."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _waiting_for_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expired(self) -> None:
+            self._head_timer = None
+            if self._waiting_for_head() and not self.transport.is_closing():
+                log.debug("closing %s: no complete request head within %.0f s", self.client, head_timeout_s)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._waiting_for_head():
+                self._arm()
+            super().data_received(data)
+            if not self._waiting_for_head():
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -346,8 +452,10 @@ class Upload:
     content_type: str | None = None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes, announced or actually sent."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes, announced or actually sent, and (408)
+    one that takes longer than ``timeout_s`` to arrive; a client that disconnects is counted, not logged as an
+    error (499)."""
     announced = request.headers.get("content-length")
     if announced is not None:
         try:
@@ -363,13 +471,30 @@ async def read_body(request: Request, limit: int) -> bytes:
                 f"request body of {size} bytes exceeds the limit of {limit} bytes",
                 limit_bytes=limit,
             )
+    from starlette.requests import ClientDisconnect
+
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise http_error(
-                413, "too_large", f"request body exceeds the limit of {limit} bytes", limit_bytes=limit
-            )
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise http_error(
+                        413,
+                        "too_large",
+                        f"request body exceeds the limit of {limit} bytes",
+                        limit_bytes=limit,
+                    )
+    except ClientDisconnect:  # a normal event: the client went away mid-upload
+        log.debug("client %s disconnected during its upload", request.client)
+        request.app.state.metrics.disconnects.inc()
+        raise http_error(
+            499, "client_disconnected", "the client closed the connection during the upload"
+        ) from None
+    except TimeoutError:
+        raise http_error(
+            408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s; send it faster"
+        ) from None
     return bytes(body)
 
 
@@ -435,6 +560,8 @@ def _json(body: bytes) -> list[Upload]:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise http_error(400, "bad_json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise http_error(400, "bad_json", "request body is JSON nested too deeply") from None
     if isinstance(payload, dict) and "images" in payload and isinstance(payload["images"], list):
         items = payload["images"]
     elif isinstance(payload, dict) and "image" in payload:
@@ -455,7 +582,7 @@ async def read_uploads(request: Request, cfg: ServerConfig) -> list[Upload]:
             f"content type '{ctype or '(none)'}' is not accepted; send multipart/form-data files, "
             'application/json {"images": [base64, ...]} or a raw image/* body',
         )
-    body = await read_body(request, cfg.max_upload_bytes)
+    body = await read_body(request, cfg.max_upload_bytes, cfg.body_timeout_s)
     if ctype == "multipart/form-data":
         uploads = await _multipart(request, body, cfg.max_images_per_request + 1)
     elif ctype == "application/json":
@@ -542,10 +669,17 @@ def create_app(
     min_score: float = 0.5,
     variant: str = "fp32",
     threads: int | None = None,
+    max_request_pixels: int = 100_000_000,
+    max_in_flight: int = 64,
+    body_timeout_s: float = 30.0,
+    api_key: str | None = None,
+    cors_origins: tuple[str, ...] | list[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving ``artifact`` (an :class:`Artifact` or an artifact directory).
 
     The batcher starts with the app's lifespan (or on the first request when the app runs without one).
+    ``api_key``: every route but ``/health`` (the docs included) then needs ``Authorization: Bearer <key>``
+    or ``X-API-Key: <key>`` (401 otherwise). ``cors_origins``: origins allowed by CORS (none by default).
     """
     cfg = ServerConfig(
         max_batch=max_batch,
@@ -556,6 +690,11 @@ def create_app(
         max_queue=max_queue,
         top_k=top_k,
         min_score=min_score,
+        max_request_pixels=max_request_pixels,
+        max_in_flight=max_in_flight,
+        body_timeout_s=body_timeout_s,
+        api_key=api_key,
+        cors_origins=tuple(cors_origins),
     ).validate()
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact, variant=variant, threads=threads)
@@ -574,7 +713,7 @@ def create_app(
     app = FastAPI(
         title="transferkit inference server",
         version=meta.versions.get("transferkit", ""),
-        description=f"{meta.task} model exported from {meta.source.get('run', '?')} ({meta.format}, "
+        description=f"{meta.task} model exported from run {Path(str(meta.source.get('run', '?'))).name} ({meta.format}, "
         f"{artifact.variant}); {len(meta.class_names)} classes, {meta.preprocessing.image_size}px input.",
         lifespan=lifespan,
     )
@@ -582,15 +721,33 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.config = cfg
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])  # fmt: skip
+    if cfg.api_key:
+        app.add_middleware(ApiKeyMiddleware, key=cfg.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    in_flight = {"requests": 0}
+    decode_slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))  # large decodes at once (memory, cores)
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        ref = f"{int(time.time() * 1000):x}"
+        log.exception("unhandled error %s on %s %s", ref, request.method, request.url.path)
+        # the exception text stays in the server log: it may name files or internals of this machine
         return JSONResponse(
-            status_code=500,
-            content={"detail": {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}},
+            status_code=500, content=error_body("internal", f"internal error (server log reference {ref})")
         )
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = ["{}: {}".format(".".join(str(x) for x in e.get("loc", ())[1:]) or "request", e.get("msg", "invalid"))
+                 for e in exc.errors()]  # fmt: skip
+        return JSONResponse(status_code=422, content=error_body("bad_parameter", "; ".join(parts)))
 
     error_responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": text}
@@ -637,6 +794,18 @@ def create_app(
         min_score: float | None = Query(None, ge=0.0, le=1.0, description="detection: lowest box score"),
     ) -> PredictResponse:
         """Predict the images of a multipart / base64-JSON / raw-image request (see the module docs)."""
+        if in_flight["requests"] >= cfg.max_in_flight:
+            raise http_error(
+                503, "busy", f"{cfg.max_in_flight} requests are being served; retry shortly",
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
+        in_flight["requests"] += 1
+        try:
+            return await _predict(request, top_k, min_score)
+        finally:
+            in_flight["requests"] -= 1
+
+    async def _predict(request: Request, top_k: int | None, min_score: float | None) -> PredictResponse:
         uploads = await read_uploads(request, cfg)
 
         def prepare(image: Image.Image, i: int) -> np.ndarray:
@@ -644,20 +813,30 @@ def create_app(
 
         opened = [open_image(up, i, cfg.max_image_pixels) for i, up in enumerate(uploads)]
         sizes = [im.size for im in opened]
+        total = sum(w * h for w, h in sizes)
+        if total > cfg.max_request_pixels:  # checked from the headers, before any pixel is decoded
+            raise http_error(
+                413, "too_many_pixels",
+                f"the request's images hold {total} pixels, over the limit of {cfg.max_request_pixels}; send "
+                "fewer or smaller images per request",
+            )  # fmt: skip
         arrays = []
         for i, im in enumerate(opened):
             # small images decode in well under a millisecond: a thread hop would cost more than it saves
             if im.width * im.height <= INLINE_DECODE_PIXELS:
                 arrays.append(prepare(im, i))
-            else:  # large ones must not block the event loop
-                arrays.append(await run_in_threadpool(prepare, im, i))
+            else:  # large ones must not block the event loop, and only a few decode at once
+                async with decode_slots:
+                    arrays.append(await run_in_threadpool(prepare, im, i))
+            opened[i] = None  # type: ignore[call-overload]  # the decoded image is not kept: only its input array
         try:
             rows = await batcher.submit(arrays)
         except HTTPException:
             raise
         except Exception as e:
+            log.exception("inference failed on a batch")
             raise http_error(
-                500, "inference_failed", f"the model failed on this batch: {type(e).__name__}: {e}"
+                500, "inference_failed", "the model failed on this batch (see the server log)"
             ) from e
         outputs = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         results = artifact.postprocess(
@@ -672,7 +851,7 @@ def create_app(
             ],
         )
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         """200 while the batcher runs (or has not started yet), 503 when it died."""
         dead = batcher._task is not None and batcher._task.done()
@@ -688,8 +867,19 @@ def create_app(
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
-        """The artifact's metadata.json and the server's settings."""
-        return {"artifact": meta.to_dict(), "variant": artifact.variant, "server": asdict(cfg)}
+        """The artifact's metadata.json (without this machine's paths and package versions) and the server's
+        settings (without the API key)."""
+        public = meta.to_dict()
+        public.pop("versions", None)
+        public["source"] = {k: (Path(v).name if k in ("run", "checkpoint") and isinstance(v, str) else v)
+                            for k, v in (public.get("source") or {}).items() if k != "path"}  # fmt: skip
+        bb = public.get("backbone") or {}
+        if (
+            isinstance(bb.get("name"), str) and Path(bb["name"]).is_absolute()
+        ):  # a local folder of this machine
+            bb["name"] = Path(bb["name"]).name
+        settings = {k: v for k, v in asdict(cfg).items() if k != "api_key"}
+        return {"artifact": public, "variant": artifact.variant, "server": settings}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
