@@ -113,3 +113,35 @@ def test_compare_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     # one line, no traceback of ours (the last line; earlier lines are log messages)
     assert err.strip().splitlines()[-1].startswith("error: unknown backbone 'dinov9'")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--probe.learning_rates", "[-0.1]"], "probe.learning_rates must be positive"),
+        (["--probe.layers", "[0]"], "probe.layers counts last blocks"),
+        (["--probe.poolings", "[max]"], "unknown probe.poolings"),
+        (["--knn.ks", "[0]"], "knn.ks must be integers >= 1"),
+        (["--knn.temperature", "0"], "knn.temperature must be > 0"),
+        (["--seeds", "0"], "seeds must be >= 1"),
+        (["--fair_max_ratio", "0.5"], "fair_max_ratio"),
+        (["--batch_size", "0"], "batch_size must be >= 1"),
+    ],
+)
+def test_a_bad_compare_option_fails_before_any_extraction(args, says, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    code = main(
+        [
+            "compare",
+            "--backbones",
+            "vit-micro",
+            "--runs_dir",
+            str(tmp_path / "r"),
+            "--cache_dir",
+            str(cache),
+            *args,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and says in err.strip().splitlines()[-1], err
+    assert not cache.exists()  # nothing was extracted
