@@ -113,3 +113,20 @@ def test_no_module_outside_backbones_imports_an_adapter():
         and any(t.startswith(adapters) for t in _imports(path))
     ]
     assert offenders == []
+
+
+def test_the_openmp_wait_policy_is_passive_before_torch_loads_unless_the_user_chose():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; import transferkit; "
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules); "
+        "import transferkit.cli; print('torch' in sys.modules)"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "False", "False"]  # set before torch is imported
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.split()[0] == "ACTIVE"

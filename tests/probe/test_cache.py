@@ -39,13 +39,14 @@ def test_miss_then_hit_without_running_the_backbone(digits_folder, tmp_path, mon
     dm = dm_for(digits_folder)
     bb = resolve_backbone("vit-micro", 32)
     seen = count_forward(bb, monkeypatch)
-    first = get_features(bb, dm, "train", cache_dir=tmp_path / "c", progress=False)
+    exact = {"precision": "float32", "storage": "float32"}
+    first = get_features(bb, dm, "train", cache_dir=tmp_path / "c", progress=False, **exact)
     assert not first.metadata["cache_hit"] and seen[0] == 120
     assert first.features.shape == (120, bb.embed_dim) and first.features.dtype == np.float32
     np.testing.assert_array_equal(first.labels, dm.dataset("train").targets)
     assert first.metadata["throughput_img_s"] > 0 and first.metadata["num_params"] == bb.num_params()
 
-    second = get_features(bb, dm, "train", cache_dir=tmp_path / "c", progress=False)
+    second = get_features(bb, dm, "train", cache_dir=tmp_path / "c", progress=False, **exact)
     assert second.metadata["cache_hit"] and seen[0] == 120  # the backbone did not run again
     assert isinstance(second.features, np.memmap)
     np.testing.assert_array_equal(second.features, first.features)
@@ -111,8 +112,9 @@ def test_one_pass_serves_poolings_and_layers(digits_folder, tmp_path, monkeypatc
     bb = resolve_backbone("vit-micro", 32)
     seen = count_forward(bb, monkeypatch)
     fs = get_features(
-        bb, dm, "test", layers=3, pooling="cls", extra_poolings=["mean"], cache_dir=tmp_path, progress=False
-    )
+        bb, dm, "test", layers=3, pooling="cls", extra_poolings=["mean"], cache_dir=tmp_path, progress=False,
+        precision="float32", storage="float32",
+    )  # fmt: skip
     n = fs.num_samples
     assert fs.features.shape == (n, 3, bb.embed_dim) and seen[0] == n
     # other poolings / fewer blocks come from the same entry
@@ -122,8 +124,9 @@ def test_one_pass_serves_poolings_and_layers(digits_folder, tmp_path, monkeypatc
         ("mean", 3, (n, 3, 64)),
     ]:
         other = get_features(
-            bb, dm, "test", layers=layers, pooling=pooling, cache_dir=tmp_path, progress=False
-        )
+            bb, dm, "test", layers=layers, pooling=pooling, cache_dir=tmp_path, progress=False,
+            precision="float32", storage="float32",
+        )  # fmt: skip
         assert other.metadata["cache_hit"] and other.features.shape == shape
     assert seen[0] == n
     view = fs.view("cls+mean", 2).features
@@ -138,8 +141,9 @@ def test_one_pass_serves_poolings_and_layers(digits_folder, tmp_path, monkeypatc
     )
     # a pooling that was not stored needs a new pass
     assert not get_features(
-        bb, dm, "test", layers=3, pooling="last", cache_dir=tmp_path, progress=False
-    ).metadata["cache_hit"]
+        bb, dm, "test", layers=3, pooling="last", cache_dir=tmp_path, progress=False, precision="float32",
+        storage="float32",
+    ).metadata["cache_hit"]  # fmt: skip
     with pytest.raises(UserError, match="not stored"):
         fs.view("last", 1)
 
@@ -254,3 +258,57 @@ def test_an_orphan_temp_folder_of_a_killed_extraction_is_removed(digits_folder, 
     (orphan / "summaries.npy").write_bytes(b"partial")
     get_features(bb, dm, "train", cache_dir=cache, progress=False, refresh=True)
     assert not orphan.exists()
+
+
+def test_float16_and_bfloat16_storage_round_trip_within_their_precision_and_are_their_own_entries(
+    digits_folder, tmp_path
+):
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    kw = dict(
+        cache_dir=tmp_path,
+        progress=False,
+        precision="float32",
+        layers=2,
+        pooling="cls",
+        extra_poolings=["mean"],
+    )
+    full = get_features(bb, dm, "val", storage="float32", **kw)
+    half = get_features(bb, dm, "val", storage="float16", **kw)
+    assert not half.metadata["cache_hit"] and half.metadata["key"] != full.metadata["key"]  # a miss
+    assert half.metadata["storage"] == "float16" and half.features.dtype == np.float32
+    np.testing.assert_allclose(half.features, full.features, rtol=1e-3, atol=1e-3)  # float16: 11 bits
+    brain = get_features(bb, dm, "val", storage="bfloat16", **kw)
+    np.testing.assert_allclose(brain.features, full.features, rtol=8e-3, atol=8e-3)  # bfloat16: 8 bits
+    again = get_features(bb, dm, "val", storage="float16", **kw)
+    assert again.metadata["cache_hit"]
+    np.testing.assert_array_equal(again.features, half.features)
+    # rows read without materialising agree with the whole view, in every format
+    for fs in (full, half, brain):
+        view = fs.view("cls+mean", 2)
+        idx = np.array([5, 0, 17, 3])
+        np.testing.assert_array_equal(view.take(idx), view.features[idx])
+        assert np.concatenate(list(view.chunks(7))).shape == view.shape
+    on_disk = np.load(next(p for p in half.path.rglob("summaries.npy")), mmap_mode="r")
+    assert on_disk.dtype == np.float16  # half the bytes of float32
+
+
+def test_a_value_beyond_float16_is_stored_in_float32_with_a_warning(
+    digits_folder, tmp_path, caplog, monkeypatch
+):
+    dm = dm_for(digits_folder)
+    bb = resolve_backbone("vit-micro", 32)
+    original = bb.forward_features
+    monkeypatch.setattr(bb, "forward_features", lambda x: original(x) * 1e5)  # massive activations
+    fs = get_features(bb, dm, "val", cache_dir=tmp_path, progress=False, precision="float32")
+    assert fs.metadata["storage"] == "float32" and np.isfinite(fs.features).all()
+    assert float(np.abs(fs.features).max()) > 65504 and "beyond float16's range" in caplog.text
+
+
+def test_precision_auto_is_bfloat16_only_where_the_hardware_runs_it():
+    from transferkit.probe.cache import cpu_has_fast_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if cpu_has_fast_bf16() else "float32")
+    assert resolve_precision("float16", "cpu") == "float16"
+    with pytest.raises(UserError, match="unknown precision"):
+        resolve_precision("fp8", "cpu")

@@ -40,7 +40,7 @@ def extract(
         extra_poolings: more poolings stored in the same pass.
         name: run name.
         runs_dir: folder holding run directories.
-        extraction: feature extraction and cache (--cache_dir, --batch_size, --device, --dtype, ...).
+        extraction: feature extraction and cache (--cache_dir, --batch_size, --device, --precision, --storage, ...).
         patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init weights.
     """

@@ -38,7 +38,7 @@ from transferkit.compare.report import build_report, make_plots
 from transferkit.compare.stats import fair_pairs, pairwise_tests, pretraining_gains, seed_summary, wilson_ci
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
-from transferkit.probe.cache import ExtractOptions, get_features, measure_throughput
+from transferkit.probe.cache import ExtractOptions, get_features, measure_throughput, resolve_precision
 from transferkit.probe.knn import knn_evaluate
 from transferkit.probe.linear import LinearGridConfig, feature_variants, train_linear_grid
 from transferkit.results import ResultRow, ResultsTable, dataset_entry
@@ -237,7 +237,7 @@ def compare_backbone(
     # its own timed section, whatever the cache held (a cached pass's figure is the load of another day)
     speed = (
         measure_throughput(
-            bb, datamodule, batch_size=extract.batch_size or 32, device=device, dtype=extract.dtype
+            bb, datamodule, batch_size=extract.batch_size or 32, device=device, precision=extract.precision
         )
         if timed
         else None
@@ -396,7 +396,8 @@ def run_compare(
             "seeds": seeds,
             "fair_max_ratio": fair_max_ratio,
             "device": device,
-            "dtype": extract.dtype,
+            "precision": resolve_precision(extract.precision, device),
+            "storage": extract.storage,
             "selection": "best on val, reported on test",
         },
         "backbones": entries,

@@ -9,7 +9,8 @@ Public API (stable; used by the probes, kNN, ``transferkit compare`` and ``trans
 
 What is cached
     One *entry* per (backbone, weights, data split, transform, extraction settings) holds, for every image, a
-    few **token summaries** of the last ``L`` blocks: ``summaries.npy`` of shape ``(N, L, S, D)`` float32,
+    few **token summaries** of the last ``L`` blocks: ``summaries.npy`` of shape ``(N, L, S, D)`` (float16 by
+    default, float32 or bfloat16 with ``storage``; read back as float32),
     where the ``S`` summaries are among ``cls`` (the first prefix token), ``mean`` (mean of the non-prefix
     tokens) and ``last`` (the last token). Every pooling of :mod:`transferkit.backbones.base` is a function of
     these (``cls+mean`` concatenates two), so one backbone pass serves all poolings and all "last-k blocks"
@@ -21,7 +22,8 @@ Cache key
     ``blake2b`` of: the backbone's name, class, pretrained flag and simple attributes (patch size,
     position-embedding handling, normalisation mean/std, input size...), a digest of its weights (every
     parameter and buffer, bytes and shapes), the datamodule's ``fingerprint(split)`` (image identities,
-    labels, image size and eval transform), the split name, the compute dtype and the cache format version.
+    labels, image size and eval transform), the split name, the compute precision, the storage format and the
+    cache format version.
     Changing any of these is a miss; the key never depends on the run, the time or the batch size.
 
 Layout and atomicity
@@ -47,7 +49,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +68,7 @@ from transferkit.utils.io import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SUMMARIES = ("cls", "mean", "last")
 #: summaries each pooling needs, in the order they are concatenated
 POOLING_SUMMARIES: dict[str, tuple[str, ...]] = {
@@ -76,6 +78,59 @@ POOLING_SUMMARIES: dict[str, tuple[str, ...]] = {
     "cls+mean": ("cls", "mean"),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: compute precisions of an extraction; ``auto`` is bfloat16 autocast where the device runs it fast
+PRECISIONS = ("auto", *DTYPES)
+#: how stored summaries are kept on disk (bfloat16 as its raw 16 bits, numpy has no bfloat16)
+STORAGES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+FLOAT16_MAX = 65504.0
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX-512-BF16 or AMX; Linux ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``auto`` -> ``bfloat16`` on a CUDA device with bfloat16 or a CPU with AVX-512-BF16 / AMX, else
+    ``float32``; any other value is returned as it is (checked)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {list(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if dev.type == "cpu" and cpu_has_fast_bf16() else "float32"
+
+
+class StorageOverflow(Exception):
+    """A summary does not fit the float16 storage (|x| > 65504)."""
+
+
+def to_storage(x: torch.Tensor, storage: str) -> np.ndarray:
+    """Float tensor -> numpy array in the ``storage`` format (raises :class:`StorageOverflow` for float16
+    values beyond its range)."""
+    if storage == "float32":
+        return x.float().cpu().numpy()
+    if storage == "float16":
+        if float(x.abs().max()) > FLOAT16_MAX:
+            raise StorageOverflow(float(x.abs().max()))
+        return x.to(torch.float16).cpu().numpy()
+    return x.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+
+
+def from_storage(a: np.ndarray, storage: str) -> np.ndarray:
+    """Stored array -> float32 (no copy for float32 storage)."""
+    if storage == "float32":
+        return a if a.dtype == np.float32 else a.astype(np.float32)
+    if storage == "float16":
+        return a.astype(np.float32)
+    raw = torch.from_numpy(np.ascontiguousarray(a).view(np.int16))
+    return raw.view(torch.bfloat16).float().numpy()
 
 
 class FeatureDataModule(Protocol):
@@ -101,7 +156,11 @@ class ExtractOptions:
         batch_size: extraction batch size (default: the datamodule's ``eval_batch_size``).
         num_workers: DataLoader workers (default: the datamodule's).
         device: where the backbone runs (default: CUDA when available).
-        dtype: compute dtype (``float32``, ``bfloat16``, ``float16`` autocast); part of the cache key.
+        precision: compute precision: ``auto`` (bfloat16 autocast where the device runs it fast: CUDA with
+            bfloat16, CPUs with AVX-512-BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16`` or ``float16``;
+            the resolved one is part of the cache key and of the results.
+        storage: how features are kept on disk: ``float16`` (half the bytes; a value beyond its range stores
+            that entry in float32), ``bfloat16`` or ``float32``; part of the cache key.
         refresh_cache: re-extract even when cached (and overwrite the entry).
         progress: show progress bars.
     """
@@ -113,13 +172,16 @@ class ExtractOptions:
     batch_size: int | None = None
     num_workers: int | None = None
     device: str | None = None
-    dtype: str = "float32"
+    precision: str = "auto"
+    storage: str = "float16"
     refresh_cache: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype '{self.dtype}'; choose one of {list(DTYPES)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision '{self.precision}'; choose one of {list(PRECISIONS)}")
+        if self.storage not in STORAGES:
+            raise UserError(f"unknown --storage '{self.storage}'; choose one of {list(STORAGES)}")
         for key in ("batch_size", "num_workers"):
             value = getattr(self, key)
             if value is not None and value < (1 if key == "batch_size" else 0):
@@ -132,7 +194,8 @@ class ExtractOptions:
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "device": self.device,
-            "dtype": self.dtype,
+            "precision": self.precision,
+            "storage": self.storage,
             "refresh": self.refresh_cache,
             "progress": self.progress,
         }
@@ -141,32 +204,45 @@ class ExtractOptions:
 # ---------------------------------------------------------------------------------------------- results
 @dataclass
 class FeatureSet:
-    """Features of one split from one backbone.
+    """Features of one split from one backbone: a view (pooling, last-k blocks) of the stored summaries.
 
     Attributes:
-        features: ``(N, D)`` (``layers=None``) or ``(N, L, D)`` (the last ``L`` blocks, input side first)
-            float32. A read-only ``numpy.memmap`` view into the cache when the pooling reads one summary;
-            an in-memory array for ``cls+mean`` (two summaries concatenated, ``D = 2 * embed_dim``).
         labels: ``(N,)`` int64 class indices into ``metadata['class_names']``.
         metadata: backbone (name, family, pretrained, num_params, embed_dim, weights digest), data (split,
             fingerprint, image size, class names), extraction (pooling, layers, throughput in images/s,
-            seconds, device, batch size, dtype), ``cache_hit`` and ``key``.
+            seconds, device, batch size, precision, storage), ``cache_hit`` and ``key``.
         path: the cache entry folder (None when extracted with ``cache=False``).
+
+    :attr:`features` materialises the view as float32 (a read-only memmap view, no copy, for float32 storage
+    and one summary); :meth:`take` and :meth:`chunks` read rows of it without holding all of it, which the
+    streaming probes use so their memory does not grow with N.
     """
 
-    features: np.ndarray
     labels: np.ndarray
     metadata: dict[str, Any]
     path: Path | None = None
-    _summaries: np.ndarray | None = field(default=None, repr=False)
+    _summaries: np.ndarray | None = field(default=None, repr=False)  # (N, L, S, D) in the storage format
+    _features: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def storage(self) -> str:
+        return str(self.metadata.get("storage", "float32"))
 
     @property
     def num_samples(self) -> int:
-        return int(self.features.shape[0])
+        return int(len(self.labels))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of :attr:`features` (without materialising it)."""
+        assert self._summaries is not None
+        n, _, _, d = self._summaries.shape
+        width = d * len(POOLING_SUMMARIES[self.pooling])
+        return (n, width) if self.layers is None else (n, int(self.layers), width)
 
     @property
     def dim(self) -> int:
-        return int(self.features.shape[-1])
+        return int(self.shape[-1])
 
     @property
     def pooling(self) -> str:
@@ -175,6 +251,30 @@ class FeatureSet:
     @property
     def layers(self) -> int | None:
         return self.metadata["layers"]
+
+    @property
+    def features(self) -> np.ndarray:
+        """``(N, D)`` (``layers=None``) or ``(N, L, D)`` (the last ``L`` blocks, input side first) float32."""
+        if self._features is None:
+            assert self._summaries is not None, "FeatureSet was not created by get_features"
+            derived = _derive(self._summaries, self.metadata["stored_summaries"], self.pooling, self.layers)
+            self._features = from_storage(derived, self.storage)
+        return self._features
+
+    def take(self, index: np.ndarray | slice) -> np.ndarray:
+        """Rows ``index`` of :attr:`features` (float32), read from the stored summaries."""
+        assert self._summaries is not None
+        if self._features is not None:
+            return np.asarray(self._features[index])
+        rows = self._summaries[index]
+        return from_storage(
+            _derive(rows, self.metadata["stored_summaries"], self.pooling, self.layers), self.storage
+        )
+
+    def chunks(self, size: int = 8192) -> Iterator[np.ndarray]:
+        """:attr:`features` in consecutive blocks of ``size`` rows (float32)."""
+        for start in range(0, self.num_samples, size):
+            yield self.take(slice(start, start + size))
 
     @property
     def available_poolings(self) -> list[str]:
@@ -200,9 +300,8 @@ class FeatureSet:
             )
         if layers is not None and not 1 <= layers <= self.stored_layers:
             raise UserError(f"asked for the last {layers} blocks; this entry stores {self.stored_layers}")
-        feats = _derive(self._summaries, self.metadata["stored_summaries"], pooling, layers)
         meta = {**self.metadata, "pooling": pooling, "layers": layers}
-        return FeatureSet(feats, self.labels, meta, self.path, self._summaries)
+        return FeatureSet(self.labels, meta, self.path, self._summaries)
 
     def tensor(self, device: str | torch.device | None = None) -> torch.Tensor:
         """The features as a float32 torch tensor (copied into memory)."""
@@ -253,8 +352,9 @@ def backbone_signature(backbone: Backbone) -> dict[str, Any]:
 
 
 def feature_key(
-    backbone: Backbone, fingerprint: str, split: str, dtype: str, digest: str | None = None
-) -> str:
+    backbone: Backbone, fingerprint: str, split: str, precision: str, digest: str | None = None,
+    storage: str = "float32",
+) -> str:  # fmt: skip
     """The cache key (hex) of ``backbone``'s features on the split with ``fingerprint``."""
     payload = {
         "version": CACHE_VERSION,
@@ -262,7 +362,8 @@ def feature_key(
         "weights": digest or weights_digest(backbone),
         "data": fingerprint,
         "split": split,
-        "dtype": dtype,
+        "precision": precision,
+        "storage": storage,
     }
     return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
 
@@ -385,23 +486,29 @@ def extract_summaries(
     batch_size: int = 128,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+    precision: str = "float32",
+    storage: str = "float32",
+    allocate: Callable[[tuple[int, ...], Any], np.ndarray] | None = None,
     progress: bool = True,
     description: str = "extract",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Run ``backbone`` once over ``dataset`` (no augmentation, ``inference_mode``, batched).
 
-    Returns ``(summaries (N, L, S, D) float32, labels (N,) int64, timing)`` where ``L = layers or 1`` and
+    Returns ``(summaries (N, L, S, D) in the ``storage`` format, labels (N,) int64, timing)`` where
+    ``L = layers or 1`` and
     ``timing`` has ``seconds`` (wall time of the whole pass, data loading included) and ``images_per_s``
     (steady state: images after the first batch over the time after it, data loading included).
     ``layers=None`` uses ``forward_features`` (the final output); ``layers=k`` the last k blocks from
-    ``forward_intermediates``. ``allocate(shape)`` may return the ``(len(dataset), L, S, D)`` float32 array to
-    write into (e.g. a memmap; called once the width is known from the first batch). Images skipped as
-    unreadable (``on_corrupt='skip'``) are dropped, so ``N`` can be smaller than ``len(dataset)``.
+    ``forward_intermediates``; ``precision`` is the autocast dtype (``float32``: none). ``allocate(shape,
+    dtype)`` may return the ``(len(dataset), L, S, D)`` array to write into (a memmap: nothing proportional
+    to N is held in memory; called once the width is known from the first batch). Images skipped as
+    unreadable (``on_corrupt='skip'``) are dropped, so ``N`` can be smaller than ``len(dataset)``. A value
+    beyond float16's range raises :class:`StorageOverflow` (the caller stores that entry in float32).
     """
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}'; choose one of {list(DTYPES)}")
+    if precision not in DTYPES:
+        raise UserError(f"unknown precision '{precision}'; choose one of {list(DTYPES)}")
+    if storage not in STORAGES:
+        raise UserError(f"unknown storage '{storage}'; choose one of {list(STORAGES)}")
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval().to(device)
@@ -414,7 +521,8 @@ def extract_summaries(
             batch_size,
             num_workers,
             device,
-            dtype,
+            precision,
+            storage,
             allocate,
             progress,
             description,
@@ -431,8 +539,9 @@ def _extract_loop(
     batch_size: int,
     num_workers: int,
     device: torch.device,
-    dtype: str,
-    allocate: Callable[[tuple[int, ...]], np.ndarray] | None,
+    precision: str,
+    storage: str,
+    allocate: Callable[[tuple[int, ...], Any], np.ndarray] | None,
     progress: bool,
     description: str,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
@@ -448,7 +557,9 @@ def _extract_loop(
     )
     n_total = len(dataset)
     n_layers = layers or 1
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "float32" else nullcontext()
+    )
     labels = np.empty(n_total, dtype=np.int64)
     out: np.ndarray | None = None
     filled = 0
@@ -478,8 +589,9 @@ def _extract_loop(
             b = batch_out.shape[0]
             if out is None:
                 shape = (n_total, n_layers, len(summaries), int(batch_out.shape[-1]))
-                out = allocate(shape) if allocate is not None else np.empty(shape, dtype=np.float32)
-            out[filled : filled + b] = batch_out.float().cpu().numpy()
+                dt = STORAGES[storage]
+                out = allocate(shape, dt) if allocate is not None else np.empty(shape, dtype=dt)
+            out[filled : filled + b] = to_storage(batch_out, storage)
             labels[filled : filled + b] = targets.numpy()
             filled += b
             if warm is None:  # steady-state throughput excludes the first batch (allocation, lazy init)
@@ -508,14 +620,14 @@ def measure_throughput(
     split: str = "test",
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    dtype: str = "float32",
+    precision: str = "float32",
     warmup: int = 2,
     repeats: int = 5,
 ) -> dict[str, Any]:
-    """Forward throughput of ``backbone`` (``forward_features`` under ``inference_mode``, ``dtype`` autocast) on
+    """Forward throughput of ``backbone`` (``forward_features`` under ``inference_mode``, ``precision`` autocast) on
     one batch of ``split``'s real images, timed as its own section of this run: ``warmup`` calls, then the
     median of ``repeats`` (never a figure from a cached extraction). Returns ``images_per_s`` (median),
-    ``images_per_s_range`` (slowest, fastest call), ``batch_size``, ``device``, ``dtype`` and the machine's
+    ``images_per_s_range`` (slowest, fastest call), ``batch_size``, ``device``, ``precision`` and the machine's
     threads and load average."""
     from transferkit.utils.timing import time_calls
 
@@ -524,7 +636,8 @@ def measure_throughput(
     items = [ds[i] for i in range(min(batch_size, len(ds)))]
     images = torch.stack([it[0] for it in items if it is not None]).to(dev)
     backbone = backbone.to(dev).eval()
-    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+    precision = resolve_precision(precision, dev)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[precision]) if precision != "float32" else nullcontext()
 
     def step() -> None:
         with torch.inference_mode(), autocast:
@@ -538,7 +651,7 @@ def measure_throughput(
         "images_per_s_range": [n / t["max_s"], n / t["min_s"]],
         "batch_size": n,
         "device": str(dev),
-        "dtype": dtype,
+        "precision": precision,
         **{k: t[k] for k in ("repeats", "threads", "cpus", "load_avg_1m")},
     }
 
@@ -586,7 +699,8 @@ def get_features(
     batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
-    dtype: str = "float32",
+    precision: str = "auto",
+    storage: str = "float16",
     cache: bool = True,
     refresh: bool = False,
     seed: int | None = 0,
@@ -609,7 +723,10 @@ def get_features(
         batch_size: extraction batch size (default: the datamodule's ``eval_batch_size``, else 128).
         num_workers: DataLoader workers (default: the datamodule's).
         device: where the backbone runs (default: CUDA when available).
-        dtype: compute dtype (``float32``, ``bfloat16``, ``float16`` via autocast); part of the key.
+        precision: compute precision (``auto``: :func:`resolve_precision`; ``float32``, ``bfloat16``,
+            ``float16`` autocast); the resolved one is part of the key.
+        storage: on-disk format of the features (``float16``, ``bfloat16``, ``float32``); part of the key. A
+            float16 entry whose values exceed its range is stored in float32 (``metadata['storage']`` says).
         cache: False extracts in memory without reading or writing the cache.
         refresh: ignore (and overwrite) a cached entry.
         seed: seed of the random-init parts when the backbone is built here from a name/config.
@@ -627,7 +744,11 @@ def get_features(
     layers = None if layers is None else int(layers)
     fingerprint = datamodule.fingerprint(split)
     digest = weights_digest(bb)
-    key = feature_key(bb, fingerprint, split, dtype, digest)
+    device = device or default_device()
+    precision = resolve_precision(precision, device)
+    if storage not in STORAGES:
+        raise UserError(f"unknown storage '{storage}'; choose one of {list(STORAGES)}")
+    key = feature_key(bb, fingerprint, split, precision, digest, storage)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key_dir = root / _slug(bb.name) / key
     info = bb.info()
@@ -647,7 +768,8 @@ def get_features(
         "fingerprint": fingerprint,
         "image_size": int(datamodule.image_size),
         "class_names": list(datamodule.class_names),
-        "dtype": dtype,
+        "precision": precision,
+        "storage": storage,
     }
 
     def cached() -> FeatureSet | None:
@@ -663,7 +785,7 @@ def get_features(
             return None
         arr, labels, meta = loaded
         log.info("feature cache hit: %s %s (%s)", bb.name, split, found)
-        return FeatureSet(np.empty(0), labels, {**meta, "cache_hit": True}, found, arr).view(pooling, layers)
+        return FeatureSet(labels, {**meta, "cache_hit": True}, found, arr).view(pooling, layers)
 
     if cache and not refresh:
         hit = cached()
@@ -672,7 +794,6 @@ def get_features(
 
     batch_size = int(batch_size or getattr(datamodule, "eval_batch_size", None) or 128)
     workers = int(num_workers if num_workers is not None else getattr(datamodule, "num_workers", 0))
-    device = device or default_device()
     dataset = datamodule.dataset(split)
     common: dict[str, Any] = dict(
         layers=layers,
@@ -680,14 +801,25 @@ def get_features(
         batch_size=batch_size,
         num_workers=workers,
         device=device,
-        dtype=dtype,
+        precision=precision,
         progress=progress,
         description=f"{bb.name} {split}",
     )
+
+    def extract(**kw: Any) -> tuple[np.ndarray, np.ndarray, dict[str, float], str]:
+        """One pass in ``storage``; a float16 overflow does the pass again in float32 (rare: said once)."""
+        try:
+            return (*extract_summaries(bb, dataset, storage=storage, **common, **kw), storage)
+        except StorageOverflow as e:
+            log.warning("%s %s: a value of %.3g is beyond float16's range; storing this entry in float32",
+                        bb.name, split, e.args[0])  # fmt: skip
+            return (*extract_summaries(bb, dataset, storage="float32", **common, **kw), "float32")
+
     if not cache:
-        arr, labels, timing = extract_summaries(bb, dataset, **common)
-        meta = _extraction_meta(base_meta, layers, summaries, timing, batch_size, device, cached=False)
-        return FeatureSet(np.empty(0), labels, meta, None, arr).view(pooling, layers)
+        arr, labels, timing, stored = extract()
+        meta = _extraction_meta({**base_meta, "storage": stored}, layers, summaries, timing, batch_size, device,
+                                cached=False)  # fmt: skip
+        return FeatureSet(labels, meta, None, arr).view(pooling, layers)
 
     entry_name = _entry_name(layers, summaries)
     final = key_dir / entry_name
@@ -702,12 +834,10 @@ def get_features(
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name}.", suffix=".tmp", dir=key_dir))
         try:
 
-            def allocate(shape: tuple[int, ...]) -> np.ndarray:
-                return np.lib.format.open_memmap(
-                    tmp / "summaries.npy", mode="w+", dtype=np.float32, shape=shape
-                )
+            def allocate(shape: tuple[int, ...], dt: Any) -> np.ndarray:
+                return np.lib.format.open_memmap(tmp / "summaries.npy", mode="w+", dtype=dt, shape=shape)
 
-            arr, labels, timing = extract_summaries(bb, dataset, allocate=allocate, **common)
+            arr, labels, timing, stored = extract(allocate=allocate)
             if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
                 arr.flush()
                 del arr
@@ -716,7 +846,8 @@ def get_features(
                 del arr  # close the memmap before overwriting its file
                 np.save(tmp / "summaries.npy", kept)
             np.save(tmp / "labels.npy", labels)
-            meta = _extraction_meta(base_meta, layers, summaries, timing, batch_size, device, cached=True)
+            meta = _extraction_meta({**base_meta, "storage": stored}, layers, summaries, timing, batch_size, device,
+                                    cached=True)  # fmt: skip
             atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks a complete entry
             if (
                 final.exists()
@@ -744,7 +875,7 @@ def get_features(
         "throughput_img_s": meta["throughput_img_s"],
         "extract_seconds": meta["extract_seconds"],
     }
-    return FeatureSet(np.empty(0), labels, {**meta, "cache_hit": False}, final, arr).view(pooling, layers)
+    return FeatureSet(labels, {**meta, "cache_hit": False}, final, arr).view(pooling, layers)
 
 
 def _extraction_meta(
