@@ -54,3 +54,17 @@ def test_bad_arguments():
         knn_scores(x, np.zeros(5), x, 2, temperature=0)
     with pytest.raises(UserError, match="4-d"):
         knn_neighbors(x, np.ones((2, 4), dtype=np.float32), 1)
+
+
+def test_chunked_search_over_the_train_rows_gives_the_same_neighbours_and_predictions(digits_features):
+    xtr, ytr, xte, _ = digits_features
+    whole = knn_scores(xtr, ytr, xte, 10, ks=[10, 100], temperature=T, chunk_size=128)
+    # 1000 x 64 float32 rows in blocks of ~17 rows (0.004 MiB): 59 merges per query chunk
+    chunked = knn_scores(xtr, ytr, xte, 10, ks=[10, 100], temperature=T, chunk_size=128, train_chunk_mb=0.004)
+    for k in (10, 100):
+        np.testing.assert_array_equal(chunked[k].argmax(1).numpy(), whole[k].argmax(1).numpy())
+        np.testing.assert_allclose(chunked[k].numpy(), whole[k].numpy(), rtol=1e-5, atol=1e-6)
+    s1, i1 = knn_neighbors(xtr, xte, 30)
+    s2, i2 = knn_neighbors(xtr, xte, 30, train_chunk_mb=0.004)
+    np.testing.assert_array_equal(i1.numpy(), i2.numpy())
+    np.testing.assert_allclose(s1.numpy(), s2.numpy(), rtol=1e-6, atol=1e-6)

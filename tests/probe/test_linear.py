@@ -117,3 +117,28 @@ def test_grid_rejects_bad_input():
     assert np.isfinite(
         train_linear_grid([Variant("v", feats)], labels, 4, LinearGridConfig(epochs=1)).val["loss"]
     )
+
+
+def test_a_streaming_grid_equals_the_in_memory_grid_on_memory_mapped_features(digits_folder, tmp_path):
+    from transferkit.backbones import resolve_backbone
+    from transferkit.data import ImageClassificationDataModule
+    from transferkit.probe.cache import get_features
+    from transferkit.probe.linear import feature_variants
+
+    dm = ImageClassificationDataModule(source="imagefolder", path=str(digits_folder), image_size=32)
+    bb = resolve_backbone("vit-micro", 32)
+    fs = {s: get_features(bb, dm, s, layers=2, pooling="cls", extra_poolings=["mean"], cache_dir=tmp_path,
+                          progress=False) for s in ("train", "val", "test")}  # fmt: skip
+    variants = feature_variants(
+        fs["train"], fs["val"], fs["test"], poolings=["cls", "cls+mean"], layers=[1, 2]
+    )
+    assert all(fs_._features is None for v in variants for fs_ in v.features.values())  # nothing materialised
+    labels = {s: f.label_tensor() for s, f in fs.items()}
+    base = dict(learning_rates=(0.01, 0.1, 1.0), epochs=6, batch_size=16)
+    memory = train_linear_grid(variants, labels, 10, LinearGridConfig(**base))
+    stream = train_linear_grid(variants, labels, 10, LinearGridConfig(**base, max_in_memory_mb=0))
+    assert stream.best["name"] == memory.best["name"]
+    assert [h["val_acc1"] for h in stream.heads] == [h["val_acc1"] for h in memory.heads]
+    assert stream.test["acc1"] == memory.test["acc1"] and np.array_equal(stream.test_pred, memory.test_pred)
+    for a, b in zip(stream.model.parameters(), memory.model.parameters()):
+        assert torch.equal(a, b)  # the same heads, bit for bit

@@ -220,9 +220,9 @@ def compare_backbone(
     grid = train_linear_grid(variants, labels, datamodule.num_classes, grid_cfg, device=device)
     knn_feats = {s: fs.view(knn_pooling, None) for s, fs in feats.items()}
     knn_res = knn_evaluate(
-        knn_feats["train"].features,
+        knn_feats["train"],  # memory-mapped rows, searched block by block
         knn_feats["train"].labels,
-        {s: (knn_feats[s].features, knn_feats[s].labels) for s in ("val", "test")},
+        {s: (knn_feats[s], knn_feats[s].labels) for s in ("val", "test")},
         datamodule.num_classes,
         ks=knn.ks,
         temperature=knn.temperature,

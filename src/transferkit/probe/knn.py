@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.errors import UserError
+from transferkit.probe.rows import FeatureRows
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
 
 
-def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
+def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:  # labels
     if isinstance(x, torch.Tensor):
         return x.to(device)
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
@@ -41,31 +42,52 @@ def knn_neighbors(
     k: int,
     *,
     chunk_size: int = 1024,
+    train_chunk_mb: float = 256.0,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` cosine neighbours of every query among the training features.
 
+    The training features are read in blocks whose rows, and whose similarities to a chunk of ``chunk_size``
+    queries, take at most ``train_chunk_mb`` MiB (float32); each query chunk's running top-``k`` is merged block
+    by block, so memory does not grow with N (the result is the top-``k`` of all of them: the same neighbours as
+    one search over everything, ties aside).
+
     Args:
-        train_features: ``(N, D)`` (array or tensor; ``(N, L, D)`` is flattened to ``(N, L * D)``).
+        train_features: ``(N, D)`` (array, tensor or memory-mapped FeatureSet; ``(N, L, D)`` is flattened).
         query_features: ``(Q, D)``.
         k: neighbours per query (at most N).
     Returns:
         ``(similarities (Q, k), indices (Q, k))``, most similar first.
     """
     device = torch.device(device)
-    train = _as_tensor(train_features, device).float().flatten(1)
-    query = _as_tensor(query_features, device).float().flatten(1)
+    train, query = FeatureRows(train_features), FeatureRows(query_features)
     if train.shape[1] != query.shape[1]:
         raise UserError(f"train features are {train.shape[1]}-d but query features {query.shape[1]}-d")
     if not 1 <= k <= len(train):
         raise UserError(f"k must be between 1 and the number of training samples ({len(train)}), got {k}")
-    train_t = F.normalize(train, dim=1).T.contiguous()  # (D, N)
+    # a block's rows and its (queries x rows) similarities both stay within train_chunk_mb
+    block = max(1, int(train_chunk_mb * 2**20 // (4 * max(train.shape[1], min(chunk_size, len(query))))))
+    blocks = (
+        [(0, F.normalize(train.load().to(device), dim=1).T.contiguous())] if block >= len(train) else None
+    )  # one block: normalised once for every query chunk
     sims, idx = [], []
-    for i in range(0, len(query), chunk_size):
-        q = F.normalize(query[i : i + chunk_size], dim=1)
-        s, j = (q @ train_t).topk(k, dim=1, largest=True, sorted=True)
-        sims.append(s)
-        idx.append(j)
+    for _, q in query.chunks(chunk_size):
+        q = F.normalize(q.to(device), dim=1)
+        best_s: torch.Tensor | None = None
+        best_i: torch.Tensor | None = None
+        parts = blocks or ((start, F.normalize(t.to(device), dim=1).T) for start, t in train.chunks(block))
+        for start, t in parts:
+            s, j = (q @ t).topk(min(k, t.shape[1]), dim=1, largest=True, sorted=True)
+            j = j + start
+            if best_s is None:
+                best_s, best_i = s, j
+            else:  # merge this block's candidates with the best so far
+                both = torch.cat([best_s, s], 1)
+                s, pos = both.topk(min(k, both.shape[1]), dim=1, largest=True, sorted=True)
+                best_i = torch.cat([best_i, j], 1).gather(1, pos)
+                best_s = s
+        sims.append(best_s)
+        idx.append(best_i)
     return torch.cat(sims), torch.cat(idx)
 
 
@@ -79,6 +101,7 @@ def knn_scores(
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = DEFAULT_TEMPERATURE,
     chunk_size: int = 1024,
+    train_chunk_mb: float = 256.0,
     device: str | torch.device = "cpu",
 ) -> dict[int, torch.Tensor]:
     """Class scores ``{k: (Q, C)}``: the sum of ``exp(sim / T)`` over the top-``k`` neighbours of each class.
@@ -93,7 +116,14 @@ def knn_scores(
     ks = sorted({min(int(k), n_train) for k in ks})
     if not ks or ks[0] < 1:
         raise UserError(f"k values must be >= 1, got {list(ks)}")
-    sims, idx = knn_neighbors(train_features, query_features, ks[-1], chunk_size=chunk_size, device=device)
+    sims, idx = knn_neighbors(
+        train_features,
+        query_features,
+        ks[-1],
+        chunk_size=chunk_size,
+        train_chunk_mb=train_chunk_mb,
+        device=device,
+    )
     # exp((s - 1) / T): the same ratios as exp(s / T) without overflow for small T
     weights = torch.exp((sims - 1.0) / temperature)
     neighbor_labels = labels[idx]  # (Q, max_k)
@@ -115,6 +145,7 @@ def knn_evaluate(
     temperature: float = DEFAULT_TEMPERATURE,
     select_on: str | None = "val",
     chunk_size: int = 1024,
+    train_chunk_mb: float = 256.0,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Top-1 accuracy of the weighted kNN for every ``k`` on each eval split; pick ``k`` on ``select_on``.
@@ -144,6 +175,7 @@ def knn_evaluate(
             ks=ks,
             temperature=temperature,
             chunk_size=chunk_size,
+            train_chunk_mb=train_chunk_mb,
             device=device,
         )
         y = _as_tensor(labels, torch.device(device)).long()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.errors import UserError
+from transferkit.probe.rows import FeatureRows
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class LinearGridConfig:
         weight_decay: L2 weight decay (DINOv2 uses 0).
         normalize: standardise each feature variant with its training mean/std (BN(affine=False)-style).
         seed: seed of the head initialisation and the batch order.
+        max_in_memory_mb: features of every variant and split up to this many MiB (as float32) are loaded
+            into memory (on the training device) once; beyond it, each mini-batch is read from the memory-mapped
+            features, so memory does not grow with N. The two give the same heads, bit for bit.
     """
 
     learning_rates: tuple[float, ...] = DEFAULT_LEARNING_RATES
@@ -63,6 +67,7 @@ class LinearGridConfig:
     weight_decay: float = 0.0
     normalize: bool = True
     seed: int = 0
+    max_in_memory_mb: float = 1024.0
 
     def check(self) -> None:
         if not self.learning_rates or any(lr <= 0 for lr in self.learning_rates):
@@ -73,19 +78,23 @@ class LinearGridConfig:
             raise UserError(
                 f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}"
             )
+        if self.max_in_memory_mb < 0:
+            raise UserError(f"max_in_memory_mb must be >= 0, got {self.max_in_memory_mb}")
 
 
 @dataclass
 class Variant:
-    """One feature variant: ``features[split]`` is ``(N_split, D)``; ``info`` describes it (pooling, layers)."""
+    """One feature variant: ``features[split]`` is ``(N_split, D)`` (a tensor, an array or a memory-mapped
+    :class:`~transferkit.probe.cache.FeatureSet` view, see :class:`~transferkit.probe.rows.FeatureRows`);
+    ``info`` describes it (pooling, layers)."""
 
     name: str
-    features: dict[str, torch.Tensor]
+    features: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
-        return int(next(iter(self.features.values())).shape[1])
+        return FeatureRows(next(iter(self.features.values()))).shape[1]
 
 
 @dataclass
@@ -159,28 +168,45 @@ class GridHeads(nn.Module):
             b.grad.mul_(rows)
 
 
-def _standardize(
-    variants: Sequence[Variant], normalize: bool
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """Each variant's splits standardised with its train mean/std (BN(affine=False) statistics)."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    stats = {}
-    for v in variants:
-        train = v.features["train"].float()
+class _Standardized:
+    """A variant's splits standardised with its train mean/std, in memory or read batch by batch."""
+
+    def __init__(self, variant: Variant, normalize: bool, device: torch.device, in_memory: bool) -> None:
+        self.rows = {s: FeatureRows(x) for s, x in variant.features.items()}
+        train = self.rows["train"]
         if normalize:
-            mean = train.mean(0, keepdim=True)
-            std = train.std(0, unbiased=False, keepdim=True).clamp_min(1e-6)
+            mean, std = train.mean_std()
+            std = std.clamp_min(1e-6)
         else:
             mean, std = torch.zeros(1, train.shape[1]), torch.ones(1, train.shape[1])
-        stats[v.name] = (mean, std)
-        out[v.name] = {s: (x.float() - mean) / std for s, x in v.features.items()}
-    return out, stats
+        self.stats = (mean, std)
+        self.device = device
+        self.memory = (
+            {s: ((r.load() - mean) / std).to(device) for s, r in self.rows.items()} if in_memory else None
+        )
+
+    def take(self, split: str, index: torch.Tensor) -> torch.Tensor:
+        """Standardised rows ``index`` (a CPU index tensor) on the device."""
+        if self.memory is not None:
+            return self.memory[split][index.to(self.device)]
+        mean, std = self.stats
+        return ((self.rows[split].take(index) - mean) / std).to(self.device)
+
+    def chunks(self, split: str, size: int = 4096) -> Iterator[torch.Tensor]:
+        if self.memory is not None:
+            x = self.memory[split]
+            for i in range(0, len(x), size):
+                yield x[i : i + size]
+            return
+        mean, std = self.stats
+        for _, rows in self.rows[split].chunks(size):
+            yield ((rows - mean) / std).to(self.device)
 
 
 @torch.no_grad()
-def _evaluate(heads: GridHeads, v_index: int, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple:
-    """All heads of a variant on (x, y): logits (H, N, C), acc1 (H,), loss (H,)."""
-    logits = torch.cat([heads.forward_variant(v_index, x[i : i + chunk]) for i in range(0, len(x), chunk)], 1)
+def _evaluate(heads: GridHeads, v_index: int, chunks: Iterator[torch.Tensor], y: torch.Tensor) -> tuple:
+    """All heads of a variant on a split given as standardised chunks: logits (H, N, C), acc1 (H,), loss (H,)."""
+    logits = torch.cat([heads.forward_variant(v_index, x) for x in chunks], 1)
     acc1 = (logits.argmax(-1) == y).float().mean(1)
     loss = torch.stack([F.cross_entropy(lg, y) for lg in logits])
     return logits, acc1, loss
@@ -236,13 +262,22 @@ def train_linear_grid(
     y = {s: t.to(device=device, dtype=torch.long) for s, t in labels.items()}
     if int(y["train"].max()) >= num_classes or int(y["train"].min()) < 0:
         raise UserError(f"training labels must be in [0, {num_classes}), got max {int(y['train'].max())}")
-    feats, stats = _standardize(variants, cfg.normalize)
-    feats = {v: {s: x.to(device=device, dtype=torch.float32) for s, x in d.items()} for v, d in feats.items()}
     n_train = len(y["train"])
     for v in variants:
         for s, x in v.features.items():
-            if s in y and len(x) != len(y[s]):
-                raise UserError(f"variant '{v.name}': {len(x)} {s} features but {len(y[s])} labels")
+            if s in y and len(FeatureRows(x)) != len(y[s]):
+                raise UserError(
+                    f"variant '{v.name}': {len(FeatureRows(x))} {s} features but {len(y[s])} labels"
+                )
+    total = sum(FeatureRows(x).nbytes for v in variants for x in v.features.values())
+    in_memory = total <= cfg.max_in_memory_mb * 2**20
+    feats = {v.name: _Standardized(v, cfg.normalize, device, in_memory) for v in variants}
+    stats = {name: f.stats for name, f in feats.items()}
+    if not in_memory:
+        log.info(
+            "linear grid: %.0f MiB of features, over max_in_memory_mb: batches are read from disk",
+            total / 2**20,
+        )
 
     gen = torch.Generator().manual_seed(cfg.seed)
     lrs = [float(lr) for lr in cfg.learning_rates]
@@ -257,16 +292,16 @@ def train_linear_grid(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
 
     start = time.perf_counter()
-    train_x = [feats[v.name]["train"] for v in variants]
+    train_x = [feats[v.name] for v in variants]
     y_train = y["train"]
     for _ in range(cfg.epochs):
-        perm = torch.randperm(n_train, generator=gen).to(device)
+        perm = torch.randperm(n_train, generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            yb = y_train[idx].repeat(n_heads)  # matches logits (H, B, C) flattened head-major
+            yb = y_train[idx.to(device)].repeat(n_heads)  # matches logits (H, B, C) flattened head-major
             loss = 0.0
             for vi, x in enumerate(train_x):
-                logits = heads.forward_variant(vi, x[idx])  # (H, B, C)
+                logits = heads.forward_variant(vi, x.take("train", idx))  # (H, B, C)
                 # sum over heads of each head's mean cross-entropy (DINOv2 sums the heads' losses)
                 loss = loss + F.cross_entropy(logits.reshape(-1, num_classes), yb, reduction="sum") / len(idx)
             optimizer.zero_grad(set_to_none=True)
@@ -279,7 +314,7 @@ def train_linear_grid(
     rows: list[dict[str, Any]] = []
     val_logits: dict[tuple[int, int], torch.Tensor] = {}
     for vi, v in enumerate(variants):
-        logits, acc1, loss = _evaluate(heads, vi, feats[v.name]["val"], y["val"])
+        logits, acc1, loss = _evaluate(heads, vi, feats[v.name].chunks("val"), y["val"])
         for li, lr in enumerate(lrs):
             val_logits[(vi, li)] = logits[li]
             rows.append(
@@ -309,13 +344,8 @@ def train_linear_grid(
     test_pred = None
     if has_test:
         with torch.no_grad():
-            x_test = feats[variants[best_vi].name]["test"]
-            logits = torch.cat(
-                [
-                    heads.forward_variant(best_vi, x_test[i : i + 4096])[best_li]
-                    for i in range(0, len(x_test), 4096)
-                ]
-            )
+            chunks = feats[variants[best_vi].name].chunks("test")
+            logits = torch.cat([heads.forward_variant(best_vi, x)[best_li] for x in chunks])
         test = _metrics(logits, y["test"], num_classes)
         test_pred = logits.argmax(-1).cpu().numpy()
     log.info(
@@ -353,16 +383,13 @@ def feature_variants(
     layers: Sequence[int | None],
 ) -> list[Variant]:
     """Variants ``pooling x last-k blocks`` from three :class:`~transferkit.probe.cache.FeatureSet` (any
-    stored views; ``layers`` entries are k, or None for the final output) — no backbone run."""
+    stored views; ``layers`` entries are k, or None for the final output) — no backbone run, nothing copied:
+    the grid reads the memory-mapped features (or loads them, within ``max_in_memory_mb``)."""
     out = []
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
     for pooling in poolings:
         for k in layers:
-            feats = {}
-            for s, fs in splits.items():
-                arr = fs.view(pooling, k).features
-                arr = np.asarray(arr, dtype=np.float32).reshape(len(arr), -1)  # (N, k*D)
-                feats[s] = torch.from_numpy(np.ascontiguousarray(arr))
+            feats = {s: fs.view(pooling, k) for s, fs in splits.items()}  # read on demand, (N, k*D) rows
             name = f"{pooling}/{'final' if k is None else f'last{k}'}"
             out.append(Variant(name, feats, {"pooling": pooling, "layers": k}))
     return out
