@@ -62,6 +62,7 @@ from torch.utils.data import DataLoader
 from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
+from transferkit.probe.distributed import extract_sharded
 from transferkit.utils.devices import default_device, resolve_device
 from transferkit.utils.digest import tensors_digest
 from transferkit.utils.io import atomic_write_json, file_lock
@@ -163,6 +164,10 @@ class ExtractOptions:
             that entry in float32), ``bfloat16`` or ``float32``; part of the cache key.
         refresh_cache: re-extract even when cached (and overwrite the entry).
         progress: show progress bars.
+        devices: extract with this many processes (one per device) through Lightning Fabric (``ddp_spawn``):
+            the images are cut into one contiguous block per process and the entry equals a one-process one
+            row for row.
+        accelerator: Fabric accelerator (``auto``, ``cpu``, ``cuda``, ...) for ``devices`` > 1.
     """
 
     #: the CLI adds these fields as top-level options (``--batch_size``, not ``--extract.batch_size``)
@@ -176,6 +181,8 @@ class ExtractOptions:
     storage: str = "float16"
     refresh_cache: bool = False
     progress: bool = True
+    devices: int = 1
+    accelerator: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -186,6 +193,8 @@ class ExtractOptions:
             value = getattr(self, key)
             if value is not None and value < (1 if key == "batch_size" else 0):
                 raise UserError(f"{key} must be >= {1 if key == 'batch_size' else 0}, got {value}")
+        if self.devices < 1:
+            raise UserError(f"--devices must be >= 1, got {self.devices}")
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`get_features`."""
@@ -198,6 +207,8 @@ class ExtractOptions:
             "storage": self.storage,
             "refresh": self.refresh_cache,
             "progress": self.progress,
+            "devices": self.devices,
+            "accelerator": self.accelerator,
         }
 
 
@@ -705,6 +716,8 @@ def get_features(
     refresh: bool = False,
     seed: int | None = 0,
     progress: bool = True,
+    devices: int = 1,
+    accelerator: str = "auto",
     **backbone_options: Any,
 ) -> FeatureSet:
     """Features of ``split`` of ``datamodule`` from a frozen ``backbone``, from the cache when possible.
@@ -731,6 +744,8 @@ def get_features(
         refresh: ignore (and overwrite) a cached entry.
         seed: seed of the random-init parts when the backbone is built here from a name/config.
         progress: show a progress bar.
+        devices, accelerator: extract with ``devices`` processes through Lightning Fabric
+            (:mod:`transferkit.probe.distributed`); the entry is the same as with one.
         backbone_options: :class:`BackboneConfig` fields when ``backbone`` is a name (e.g. ``patch_size``).
 
     Returns:
@@ -806,17 +821,36 @@ def get_features(
         description=f"{bb.name} {split}",
     )
 
-    def extract(**kw: Any) -> tuple[np.ndarray, np.ndarray, dict[str, float], str]:
+    sharded = devices > 1
+
+    def one_pass(
+        fmt: str, shard_dir: Path | None, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        if not sharded:
+            return extract_summaries(bb, dataset, storage=fmt, **common, **kw)
+        opts = {k: v for k, v in common.items() if k != "device"}
+        return extract_sharded(
+            bb, dataset, shard_dir, devices=devices, accelerator=accelerator, storage=fmt, **opts
+        )
+
+    def extract(
+        shard_dir: Path | None = None, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float], str]:
         """One pass in ``storage``; a float16 overflow does the pass again in float32 (rare: said once)."""
         try:
-            return (*extract_summaries(bb, dataset, storage=storage, **common, **kw), storage)
-        except StorageOverflow as e:
-            log.warning("%s %s: a value of %.3g is beyond float16's range; storing this entry in float32",
-                        bb.name, split, e.args[0])  # fmt: skip
-            return (*extract_summaries(bb, dataset, storage="float32", **common, **kw), "float32")
+            return (*one_pass(storage, shard_dir, **kw), storage)
+        except Exception as e:  # StorageOverflow, or the same raised in a process Fabric started
+            if not (isinstance(e, StorageOverflow) or "StorageOverflow" in str(e)):
+                raise
+            log.warning(
+                "%s %s: a value is beyond float16's range; storing this entry in float32", bb.name, split
+            )
+            return (*one_pass("float32", shard_dir, **kw), "float32")
 
     if not cache:
-        arr, labels, timing, stored = extract()
+        with tempfile.TemporaryDirectory() as shards:
+            arr, labels, timing, stored = extract(Path(shards))
+            arr = np.array(arr)  # in memory: the shard folder goes
         meta = _extraction_meta({**base_meta, "storage": stored}, layers, summaries, timing, batch_size, device,
                                 cached=False)  # fmt: skip
         return FeatureSet(labels, meta, None, arr).view(pooling, layers)
@@ -837,7 +871,10 @@ def get_features(
             def allocate(shape: tuple[int, ...], dt: Any) -> np.ndarray:
                 return np.lib.format.open_memmap(tmp / "summaries.npy", mode="w+", dtype=dt, shape=shape)
 
-            arr, labels, timing, stored = extract(allocate=allocate)
+            if sharded:  # the ranks' shards are assembled into tmp/summaries.npy
+                arr, labels, timing, stored = extract(tmp)
+            else:
+                arr, labels, timing, stored = extract(allocate=allocate)
             if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
                 arr.flush()
                 del arr
