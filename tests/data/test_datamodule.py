@@ -174,8 +174,8 @@ def test_skip_mode_drops_corrupt_image_from_batch(tmp_path, caplog):
     root = make_folder(tmp_path / "ds")
     (root / "val" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     skip = ImageClassificationDataModule(
-        "imagefolder", str(root), image_size=16, batch_size=64, on_corrupt="skip"
-    )
+        "imagefolder", str(root), image_size=16, batch_size=64, on_corrupt="skip", num_workers=0
+    )  # in the main process, where caplog sees the warning (a worker logs to stderr)
     with caplog.at_level(logging.WARNING):
         images, labels = next(iter(skip.val_dataloader()))
     assert images.shape == (12, 3, 16, 16) and labels.shape == (12,)
@@ -198,3 +198,15 @@ def test_bad_options_raise_user_errors(tmp_path):
         ImageClassificationDataModule(image_size=8).dataset("dev")
     with pytest.raises(DatasetError, match="no val/ folder"):
         ImageClassificationDataModule("imagefolder", str(make_folder(tmp_path / "t", splits=("train",))))
+
+
+def test_file_sources_decode_in_workers_by_default_and_in_memory_sources_do_not(tmp_path):
+    import os
+
+    root = make_folder(tmp_path / "ds")
+    files = ImageClassificationDataModule("imagefolder", str(root), image_size=16)
+    assert files.num_workers == min(4, (os.cpu_count() or 1) - 1) and files.persistent_workers == (
+        files.num_workers > 0
+    )
+    assert ImageClassificationDataModule("digits", image_size=16).num_workers == 0
+    assert ImageClassificationDataModule("imagefolder", str(root), num_workers=0).num_workers == 0

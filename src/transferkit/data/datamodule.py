@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import lightning as L
@@ -46,6 +47,10 @@ def shuffling_sampler(dataset: Dataset, trainer: L.Trainer | None, seed: int) ->
     world_size = int(getattr(trainer, "world_size", 1) or 1)
     rank = int(getattr(trainer, "global_rank", 0) or 0)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+
+#: sources whose images are decoded from files (worth DataLoader workers)
+FILE_SOURCES = ("imagefolder", "csv")
 
 
 class IndexedImages(Dataset):
@@ -84,7 +89,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         augment: str = "none",
         randaug: str = DEFAULT_RANDAUG,
         hflip: float | None = None,
@@ -109,7 +114,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
             image_size: Side length in pixels of the square images fed to the model.
             batch_size: Training batch size (per device).
             eval_batch_size: Validation/test/predict batch size; defaults to ``batch_size``.
-            num_workers: DataLoader worker processes (0 = load in the main process).
+            num_workers: DataLoader worker processes (0 = load in the main process); None: images read from
+                files (``imagefolder``, ``csv``) decode in ``min(4, cpus - 1)`` workers, in-memory sources
+                (``digits``, CIFAR) load in the main process.
             augment: Training augmentation: ``none``, ``basic`` (random resized crop + flip) or ``randaug``
                 (timm RandAugment recipe). Evaluation never augments.
             randaug: timm RandAugment config string for ``augment=randaug``.
@@ -144,6 +151,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
                 raise UserError(f"data.{name} must be >= {low}, got {value}")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise UserError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
+        if num_workers is None:
+            num_workers = min(4, (os.cpu_count() or 1) - 1) if source in FILE_SOURCES else 0
         if num_workers < 0:
             raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
         if hflip is None:
@@ -159,7 +168,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.drop_last = drop_last
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers = persistent_workers and self.num_workers > 0
         self.predict_path = predict_path
         self.on_corrupt = on_corrupt
         common = dict(randaug=randaug, hflip=self.hflip, crop_pct=crop_pct, scale=tuple(crop_scale))

@@ -11,6 +11,7 @@ supported yet and are refused with a one-line error.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ def rank_blocks(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:
     return [(min(b * batch_size, n), min(e * batch_size, n)) for b, e in zip(bounds, bounds[1:])]
 
 
-def _run(fabric: Any, backbone: Any, dataset: Any, shard_dir: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    from transferkit.probe.cache import extract_summaries
-
+def _run(
+    fabric: Any, extract: Callable, backbone: Any, dataset: Any, shard_dir: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
     rank, world = fabric.global_rank, fabric.world_size
     if fabric.device.type == "cpu":  # the processes of this machine share its cores
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -48,7 +49,7 @@ def _run(fabric: Any, backbone: Any, dataset: Any, shard_dir: str, kwargs: dict[
         def allocate(shape: tuple[int, ...], dt: Any) -> np.ndarray:
             return np.lib.format.open_memmap(shard.with_suffix(".npy"), mode="w+", dtype=dt, shape=shape)
 
-        arr, labels, timing = extract_summaries(
+        arr, labels, timing = extract(
             backbone, Subset(dataset, range(start, stop)), device=fabric.device, allocate=allocate, **kwargs
         )
         if isinstance(arr, np.memmap):
@@ -62,6 +63,7 @@ def _run(fabric: Any, backbone: Any, dataset: Any, shard_dir: str, kwargs: dict[
 
 
 def extract_sharded(
+    extract: Callable,
     backbone: Any,
     dataset: Any,
     shard_dir: Path,
@@ -70,8 +72,8 @@ def extract_sharded(
     accelerator: str = "auto",
     **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Extract ``dataset`` with one process per device (``kwargs`` as :func:`extract_summaries` takes them,
-    ``device`` excepted); returns ``(summaries (N, L, S, D), labels (N,), timing)`` like it, assembled from the
+    """Extract ``dataset`` with ``extract`` (:func:`~transferkit.probe.cache.extract_summaries`) in one process
+    per device (``kwargs`` as it takes them, ``device`` excepted); returns ``(summaries (N, L, S, D), labels (N,), timing)`` like it, assembled from the
     ranks' shards in ``shard_dir`` (the summaries are a memmap in the storage format)."""
     import time
 
@@ -85,7 +87,7 @@ def extract_sharded(
     fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp_spawn")
     shard_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    fabric.launch(_run, backbone, dataset, str(shard_dir), kwargs)
+    fabric.launch(_run, extract, backbone, dataset, str(shard_dir), kwargs)
     seconds = time.perf_counter() - start
     arr, labels, timing = assemble_shards(shard_dir)
     timing.update(seconds=seconds, images_per_s=len(labels) / max(seconds, 1e-9))  # process start-up included
