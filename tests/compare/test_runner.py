@@ -67,7 +67,7 @@ def test_results_json_and_report_agree(compared):
         assert e["linear"]["best_head"]["val_acc1"] == max(h["val_acc1"] for h in e["linear"]["grid"])
         assert e["linear"]["val_acc1"] == pytest.approx(e["linear"]["best_head"]["val_acc1"])
         assert e["knn"]["acc1"]["val"][str(e["knn"]["best_k"])] == max(e["knn"]["acc1"]["val"].values())
-        assert len(e["linear"]["grid"]) == len(e["linear"]["poolings"]) * 2 * 3
+        assert len(e["linear"]["grid"]) == len(e["linear"]["poolings"]) * 2 * 3 * 4  # x 4 weight decays
         speed = e["throughput"]
         assert e["throughput_img_s"] == speed["images_per_s"] > 0 and speed["repeats"] == 5
         lo, hi = speed["images_per_s_range"]
@@ -129,8 +129,10 @@ def test_second_run_reads_the_cache_and_appends_to_the_results_table(compared):
     assert entry["throughput"]["images_per_s"] > 0  # measured in this run, although nothing was extracted
     assert entry["linear"]["test_acc1"] == first["linear"]["test_acc1"]  # same features, same seed
     rows = ResultsTable(tmp / "runs" / "performance.json").read()
-    assert len(rows) == 3 * 2  # the second vit-micro rows replaced the first ones
-    assert {(r.protocol, r.metric) for r in rows} == {("linear_probe", "top1"), ("knn", "top1")}
+    assert len(rows) == 3 * 3  # the second vit-micro rows replaced the first ones
+    assert {(r.protocol, r.metric) for r in rows} == {
+        ("linear_probe", "top1"), ("knn", "top1"), ("logistic_regression", "top1")
+    }  # fmt: skip
     r = next(r for r in rows if r.backbone == "vit-micro" and r.protocol == "linear_probe")
     assert r.value == entry["linear"]["test_acc1"] and r.run == "again" and r.extra["num_params"] > 0
     assert r.dataset_key == results["dataset"]["key"] and r.dataset_name == "imagefolder:digits"

@@ -77,13 +77,37 @@ def test_per_class_and_confusion_match_sklearn(predictions):
     np.testing.assert_array_equal(confusion_matrix(logits, labels).numpy(), skm.confusion_matrix(y, pred))
 
 
-def test_reliability_bins_agree_with_torchmetrics_ece(predictions):
+def test_the_reliability_plot_and_the_metric_are_one_ece_even_on_bin_edges(predictions):
     logits, labels = predictions
     bins = reliability_bins(logits.softmax(-1), labels, n_bins=10)
     m = classification_metrics(logits, labels, n_bins=10)
-    assert bins["ece"] == pytest.approx(m["ece"], abs=1e-5)
-    assert bins["mce"] == pytest.approx(m["mce"], abs=1e-5)
-    assert sum(bins["count"]) == len(labels)
+    assert bins["ece"] == m["ece"] and bins["mce"] == m["mce"] and sum(bins["count"]) == len(labels)
+    # confidences exactly on bin edges, where (lo, hi] and [lo, hi) disagree
+    p = torch.tensor([[0.5, 0.5], [0.6, 0.4], [0.6, 0.4], [1.0, 0.0], [0.8, 0.2]], dtype=torch.float32)
+    y = torch.tensor([0, 1, 0, 0, 1])
+    edge = classification_metrics(p, y, probs=True, n_bins=5)
+    assert edge["ece"] == reliability_bins(p, y, n_bins=5)["ece"]
+    assert edge["ece"] == pytest.approx(numpy_ece(p.numpy(), y.numpy(), 5), abs=1e-7)  # Guo et al.: (lo, hi]
+
+
+def test_macro_averages_count_every_class_and_nll_does_not_saturate():
+    # class 3 has no sample and no prediction: the unweighted mean over all 4 classes counts it as 0
+    logits = torch.tensor(
+        [[3.0, 0.0, 0.0, -1.0], [0.0, 3.0, 0.0, -1.0], [0.0, 0.0, 3.0, -1.0], [3.0, 0.0, 0.0, -1.0]]
+    )
+    labels = torch.tensor([0, 1, 2, 2])
+    m = classification_metrics(logits, labels)
+    pred = logits.argmax(1).numpy()
+    for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+        want = fn(labels.numpy(), pred, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+        assert m[f"{name}_macro"] == pytest.approx(want, abs=1e-6), name
+    # a saturated wrong prediction: log-softmax gives its true cost (clamping at 1e-12 capped it at 27.6 nats)
+    wrong = torch.tensor([[60.0, 0.0], [0.0, 5.0]])
+    nll = classification_metrics(wrong, torch.tensor([1, 1]))["nll"]
+    assert nll == pytest.approx(
+        float(torch.nn.functional.cross_entropy(wrong.double(), torch.tensor([1, 1])))
+    )
+    assert nll > 27.6 / 2
 
 
 def test_absent_class_has_no_auroc_and_bad_input_is_a_user_error():

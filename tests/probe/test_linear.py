@@ -33,7 +33,7 @@ def test_grid_picks_the_best_head_on_val_and_reports_it_on_test():
         s: torch.randn(len(x), 16, generator=torch.Generator().manual_seed(7)) for s, x in signal.items()
     }
     variants = [Variant("noise", noise, {"pooling": "mean"}), Variant("signal", signal, {"pooling": "cls"})]
-    cfg = LinearGridConfig(learning_rates=(1e-7, 0.1), epochs=30, batch_size=50)
+    cfg = LinearGridConfig(learning_rates=(1e-7, 0.1), weight_decays=(0.0,), epochs=30, batch_size=50)
     res = train_linear_grid(variants, labels, 4, cfg)
 
     assert len(res.heads) == 4 and res.steps == 30 * 4
@@ -57,23 +57,29 @@ def test_grid_picks_the_best_head_on_val_and_reports_it_on_test():
 def test_grid_equals_independent_heads_trained_with_torch_sgd():
     """Per-head LRs via gradient scaling == one torch SGD param group per head (DINOv2's setup)."""
     feats, labels = splits(8, separation=0.5)
-    lrs, wd, batch, epochs, classes = (0.05, 0.5), 1e-3, 64, 3, 4
+    lrs, wds, batch, epochs, classes = (0.05, 0.5), (0.0, 1e-2), 64, 3, 4
     cfg = LinearGridConfig(
-        learning_rates=lrs, epochs=epochs, batch_size=batch, weight_decay=wd, normalize=False, seed=3
+        learning_rates=lrs, epochs=epochs, batch_size=batch, weight_decays=wds, normalize=False, seed=3
     )
     res = train_linear_grid([Variant("v", feats)], labels, classes, cfg)
+    pairs = [(lr, wd) for wd in wds for lr in lrs]  # the grid's head order
+    assert [(h["lr"], h["weight_decay"]) for h in res.heads] == pairs
 
     # reference: the same initial weights and batch order, independent nn.Linear heads, param groups
     gen = torch.Generator().manual_seed(3)
-    init = torch.empty(len(lrs) * classes, 8).normal_(0.0, 0.01, generator=gen)
-    heads = [torch.nn.Linear(8, classes) for _ in lrs]
+    init = torch.empty(len(pairs) * classes, 8).normal_(0.0, 0.01, generator=gen)
+    heads = [torch.nn.Linear(8, classes) for _ in pairs]
     for i, h in enumerate(heads):
         with torch.no_grad():
             h.weight.copy_(init[i * classes : (i + 1) * classes])
             h.bias.zero_()
     scale = batch / 256
-    groups = [{"params": [h.weight], "lr": lr * scale, "weight_decay": wd} for h, lr in zip(heads, lrs)]
-    groups += [{"params": [h.bias], "lr": lr * scale, "weight_decay": 0.0} for h, lr in zip(heads, lrs)]
+    groups = [
+        {"params": [h.weight], "lr": lr * scale, "weight_decay": wd} for h, (lr, wd) in zip(heads, pairs)
+    ]
+    groups += [
+        {"params": [h.bias], "lr": lr * scale, "weight_decay": 0.0} for h, (lr, _) in zip(heads, pairs)
+    ]
     opt = torch.optim.SGD(groups, momentum=0.9)  # no weight decay on biases (1-D parameters)
     steps = math.ceil(200 / batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
@@ -87,8 +93,8 @@ def test_grid_equals_independent_heads_trained_with_torch_sgd():
             loss.backward()
             opt.step()
             sched.step()
-    w = res.model.weights[0].detach().view(len(lrs), classes, 8)
-    b = res.model.biases[0].detach().view(len(lrs), classes)
+    w = res.model.weights[0].detach().view(len(pairs), classes, 8)
+    b = res.model.biases[0].detach().view(len(pairs), classes)
     for i, h in enumerate(heads):
         torch.testing.assert_close(w[i], h.weight.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b[i], h.bias.detach(), rtol=1e-5, atol=1e-6)

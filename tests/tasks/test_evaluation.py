@@ -71,3 +71,50 @@ def test_previews_stop_at_the_limit_and_are_drawn_with_notes(tmp_path):
         p.stat().st_size > 0 for p in paths
     )
     assert "answer 1" in (tmp_path / "predictions" / "answers.txt").read_text() and ev.previews == []
+
+
+def test_map_equals_faster_coco_evals_cocoeval_run_directly():
+    """Our evaluator's numbers are COCOeval's (faster-coco-eval's, run on the same boxes as COCO json) to 1e-6:
+    COCO's own IoU and recall thresholds, not float32 linspaces."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    gen = torch.Generator().manual_seed(0)
+    preds, gts, images, annotations, detections = [], [], [], [], []
+    for i in range(60):
+        n = int(torch.randint(1, 6, (1,), generator=gen))
+        xy = torch.rand(n, 2, generator=gen) * 80
+        wh = torch.rand(n, 2, generator=gen) * 40 + 2
+        boxes = torch.cat([xy, xy + wh], 1)
+        labels = torch.randint(0, 3, (n,), generator=gen)
+        jitter = boxes + torch.randn(n, 4, generator=gen) * 3
+        extra = torch.rand(2, 4, generator=gen).sort(1).values * 100  # false positives
+        p_boxes = torch.cat([jitter, extra[:, [0, 1, 2, 3]]])
+        p_boxes = torch.stack([p_boxes[:, 0], p_boxes[:, 1], torch.maximum(p_boxes[:, 2], p_boxes[:, 0] + 1),
+                               torch.maximum(p_boxes[:, 3], p_boxes[:, 1] + 1)], 1)  # fmt: skip
+        p_labels = torch.cat([labels, torch.randint(0, 3, (2,), generator=gen)])
+        scores = torch.rand(len(p_boxes), generator=gen)
+        gts.append({"boxes": boxes, "labels": labels})
+        preds.append({"boxes": p_boxes, "scores": scores, "labels": p_labels})
+        images.append({"id": i + 1, "width": 128, "height": 128, "file_name": f"{i}.png"})
+        for b, c in zip(boxes.tolist(), labels.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": c + 1, "iscrowd": 0,
+                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])})  # fmt: skip
+        for b, c, s in zip(p_boxes.tolist(), p_labels.tolist(), scores.tolist()):
+            detections.append({"image_id": i + 1, "category_id": c + 1, "score": s,
+                               "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})  # fmt: skip
+    ev = DetectionEvaluator(["a", "b", "c"])
+    ev.update("test", preds, gts)
+    ours = ev.compute("test", with_descriptions=False)
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations,
+                    "categories": [{"id": c, "name": n} for c, n in ((1, "a"), (2, "b"), (3, "c"))]}  # fmt: skip
+    coco.createIndex()
+    run = COCOeval_faster(coco, coco.loadRes(detections), iouType="bbox")
+    run.evaluate()
+    run.accumulate()
+    run.summarize()
+    ref = dict(zip(("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100"),
+                   run.stats[:9]))  # fmt: skip
+    for k in ("map", "map_50", "map_75", "mar_1", "mar_10", "mar_100"):
+        assert ours[k] == pytest.approx(float(ref[k]), abs=1e-6), k
+    assert 0.05 < ours["map"] < 0.95  # a case with something to get wrong

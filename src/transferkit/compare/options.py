@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transferkit.backbones.base import POOLINGS
 from transferkit.errors import UserError
 from transferkit.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
-from transferkit.probe.linear import DEFAULT_LEARNING_RATES
+from transferkit.probe.linear import DEFAULT_LEARNING_RATES, DEFAULT_WEIGHT_DECAYS
 
 
 @dataclass
@@ -22,8 +22,10 @@ class ProbeOptions:
         poolings: poolings to probe; None = the backbone's default pooling and ``mean``.
         layers: numbers of last blocks whose pooled features are concatenated (1 = the final block); values
             above a backbone's depth are capped.
-        weight_decay: L2 weight decay of the heads.
+        weight_decays: L2 weight decays searched with the learning rates (one head per pair).
         normalize: standardise features with the training mean/std (BN(affine=False)-style).
+        logreg: also the logistic-regression protocol (DINOv2's ``log_regression``: L-BFGS, C = 10 ** p over 45
+            powers from -6 to 5, swept on train, chosen on val) on the feature variant the grid chose on val.
     """
 
     epochs: int = 100
@@ -31,8 +33,9 @@ class ProbeOptions:
     learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_LEARNING_RATES))
     poolings: list[str] | None = None
     layers: list[int] = field(default_factory=lambda: [1, 4])
-    weight_decay: float = 0.0
+    weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
     normalize: bool = True
+    logreg: bool = True
 
     def __post_init__(self) -> None:
         _at_least("probe.epochs", self.epochs, 1)
@@ -41,8 +44,8 @@ class ProbeOptions:
             raise UserError(f"probe.learning_rates must be positive numbers, got {self.learning_rates}")
         if not self.layers or any(int(k) < 1 for k in self.layers):
             raise UserError(f"probe.layers counts last blocks: integers >= 1, got {self.layers}")
-        if self.weight_decay < 0:
-            raise UserError(f"probe.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.weight_decays or any(not wd >= 0 for wd in self.weight_decays):
+            raise UserError(f"probe.weight_decays must be numbers >= 0, got {self.weight_decays}")
         if self.poolings is not None and not self.poolings:
             raise UserError("probe.poolings is empty; give poolings (cls, mean, last, cls+mean) or null")
         unknown = [p for p in self.poolings or [] if p not in POOLINGS]

@@ -24,6 +24,7 @@ def results_table(results: dict[str, Any]) -> Table:
         "images/s",
         "linear top-1",
         "linear 95% CI",
+        *(["logreg top-1"] if any(e.get("logreg") for e in entries) else []),
         "kNN top-1",
     ]
     if with_ft:
@@ -41,6 +42,7 @@ def results_table(results: dict[str, Any]) -> Table:
             "images/s": _speed(e),
             "linear top-1": e["linear"]["test_acc1"],
             "linear 95% CI": e["linear"].get("test_ci95"),
+            "logreg top-1": e["logreg"]["test_acc1"] if e.get("logreg") else None,
             "kNN top-1": e["knn"]["test_acc1"],
             "fine-tune top-1": e["finetune"]["test_acc1"] if e.get("finetune") else None,
             "best linear head": f"{head['variant']}, lr {head['lr']:g}",
@@ -57,6 +59,7 @@ def results_table(results: dict[str, Any]) -> Table:
             "images/s": ",.0f",
             "linear top-1": percent,
             "linear 95% CI": lambda ci: f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}",
+            "logreg top-1": percent,
             "kNN top-1": percent,
             "fine-tune top-1": percent,
         },
@@ -362,6 +365,8 @@ def build_report(results: dict[str, Any], plots: dict[str, Path]) -> Report:
         f"({', '.join(str(k) for k in probe['layers'])}) trained together for {probe['epochs']} epochs (SGD, "
         f"momentum 0.9, cosine schedule, batch {probe['batch_size']}, LR scaled by batch/256, features "
         "standardised with train statistics); the head with the best val top-1 is reported on test.",
+        "**Logistic regression** (DINOv2's protocol): L-BFGS on the standardised features of the variant the grid "
+        "chose, C = 10^p for 45 powers p from -6 to 5, swept on train, chosen on val, reported on test.",
         f"**kNN**: cosine similarity on L2-normalised final-layer features, votes exp(sim/{knn['temperature']}), "
         f"k in {knn['ks']}; k chosen on val, reported on test.",
         "**Throughput**: images/s of the backbone's forward pass on one batch of test images, timed in this "

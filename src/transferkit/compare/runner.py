@@ -40,7 +40,13 @@ from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions, get_features, measure_throughput, resolve_precision
 from transferkit.probe.knn import knn_evaluate
-from transferkit.probe.linear import LinearGridConfig, feature_variants, train_linear_grid
+from transferkit.probe.linear import (
+    LinearGridConfig,
+    feature_variants,
+    train_linear_grid,
+    train_logistic_regression,
+)
+from transferkit.probe.rows import FeatureRows
 from transferkit.results import ResultRow, ResultsTable, dataset_entry
 from transferkit.runs import RunDir
 from transferkit.utils.devices import default_device
@@ -213,11 +219,17 @@ def compare_backbone(
         learning_rates=tuple(probe.learning_rates),
         epochs=probe.epochs,
         batch_size=probe.batch_size,
-        weight_decay=probe.weight_decay,
+        weight_decays=tuple(probe.weight_decays),
         normalize=probe.normalize,
         seed=seed,
     )
     grid = train_linear_grid(variants, labels, datamodule.num_classes, grid_cfg, device=device)
+    logreg = None
+    if probe.logreg:  # the L-BFGS protocol on the variant the grid chose on val (no test data looked at)
+        chosen = next(v for v in variants if v.name == grid.best["variant"])
+        lr_feats = {s: FeatureRows(x).load() for s, x in chosen.features.items()}
+        logreg = train_logistic_regression(lr_feats, labels, datamodule.num_classes, device=device)
+        del lr_feats
     knn_feats = {s: fs.view(knn_pooling, None) for s, fs in feats.items()}
     knn_res = knn_evaluate(
         knn_feats["train"],  # memory-mapped rows, searched block by block
@@ -233,6 +245,8 @@ def compare_backbone(
         "linear": np.asarray(grid.test_pred) == y_test,
         "knn": knn_res.pop("predictions")["test"] == y_test,
     }
+    if logreg is not None:
+        correct["logreg"] = np.asarray(logreg.test_pred) == y_test
     n_test = len(y_test)
     # its own timed section, whatever the cache held (a cached pass's figure is the load of another day)
     speed = (
@@ -288,6 +302,20 @@ def compare_backbone(
             "acc1": {s: {str(k): v for k, v in d.items()} for s, d in knn_res["acc1"].items()},
             "per_class_acc": knn_res["per_class_acc"]["test"],
         },
+        "logreg": (
+            {
+                "variant": grid.best["variant"],
+                "c": logreg.c,
+                "val_acc1": logreg.val["acc1"],
+                "test_acc1": logreg.test["acc1"],
+                "test_acc5": logreg.test["acc5"],
+                "test_ci95": wilson_ci(int(correct["logreg"].sum()), n_test),
+                "seconds": round(logreg.seconds, 3),
+                "sweep": logreg.sweep,
+            }
+            if logreg is not None
+            else None
+        ),
         "finetune": None,
     }
     del bb, feats, knn_feats, variants
@@ -427,6 +455,15 @@ def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "linear_probe": {k: e["linear"][k] for k in ("val_acc1", "test_acc1", "test_acc5", "test_ci95")},
             "knn": {k: e["knn"][k] for k in ("val_acc1", "test_acc1", "test_ci95", "best_k")},
+            **(
+                {
+                    "logistic_regression": {
+                        k: e["logreg"][k] for k in ("val_acc1", "test_acc1", "test_ci95", "c")
+                    }
+                }
+                if e.get("logreg")
+                else {}
+            ),  # fmt: skip
             "num_params": e["num_params"],
             "pretrained": e["pretrained"],
             "modality": e["modality"],
@@ -450,6 +487,8 @@ def result_rows(results: dict[str, Any]) -> list[ResultRow]:
     rows = []
     for e in results["backbones"]:
         values = {"linear_probe": e["linear"]["test_acc1"], "knn": e["knn"]["test_acc1"]}
+        if e.get("logreg"):
+            values["logistic_regression"] = e["logreg"]["test_acc1"]
         if e.get("finetune"):
             values["finetune"] = e["finetune"]["test_acc1"]
         for protocol, value in values.items():

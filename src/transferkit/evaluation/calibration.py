@@ -1,7 +1,9 @@
-"""Calibration: reliability-diagram bins and plot (ECE/MCE themselves come from torchmetrics, see metrics.py).
+"""Calibration: reliability-diagram bins and plot; the ECE/MCE of ``metrics.py`` are these bins' too.
 
-Bins are ``n_bins`` equal-width confidence intervals ``(k/n, (k+1)/n]`` of the top-1 probability, as in
-Guo et al. 2017 and torchmetrics' ``multiclass_calibration_error``; ECE is ``sum_b n_b / N |acc_b - conf_b|``.
+Bins are ``n_bins`` equal-width confidence intervals ``(k/n, (k+1)/n]`` of the top-1 probability (Guo et al.
+2017; a confidence of exactly 0 goes to the first bin); ECE is ``sum_b n_b / N |acc_b - conf_b|`` and MCE the
+largest gap. torchmetrics' ``multiclass_calibration_error`` bins ``[k/n, (k+1)/n)`` with an extra bin for 1.0,
+which moves confidences on a bin edge: transferkit uses one binning, this one, for the plot and the metrics.
 """
 
 from __future__ import annotations

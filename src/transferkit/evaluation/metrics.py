@@ -1,10 +1,14 @@
 """Classification metrics from logits (torchmetrics), checked against scikit-learn in the tests.
 
 Input contract: ``logits`` ``(N, C)`` float (or probabilities, ``probs=True``), ``labels`` ``(N,)`` int64 in
-``[0, C)``. Averages follow scikit-learn's definitions with ``labels=range(C)``: *micro* pools every decision
-(for single-label data micro precision = recall = F1 = accuracy), *macro* is the unweighted mean over the C
-classes, *balanced accuracy* the macro recall. ROC-AUC and average precision are one-vs-rest, macro-averaged
-over the classes present in ``labels`` (a class without positives has no ROC curve; it is reported as None).
+``[0, C)``. Averages follow scikit-learn's definitions with ``labels=range(C)`` and ``zero_division=0``:
+*micro* pools every decision (for single-label data micro precision = recall = F1 = accuracy), *macro* is the
+unweighted mean over all C classes (a class with no sample and no prediction counts as 0, as scikit-learn counts
+it), *balanced accuracy* the mean recall over the classes present in ``labels`` (scikit-learn's
+``balanced_accuracy_score``). ROC-AUC and average precision are one-vs-rest, macro-averaged over the classes
+present in ``labels`` (a class without positives has no ROC curve; it is reported as None). NLL is computed from
+the logits (``log_softmax``, no clamping); ECE/MCE use the reliability diagram's bins
+(:func:`~transferkit.evaluation.calibration.reliability_bins`), so the plot and the metric are one number.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_auroc,
     multiclass_average_precision,
-    multiclass_calibration_error,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
@@ -27,6 +30,7 @@ from torchmetrics.functional.classification import (
 )
 
 from transferkit.errors import UserError
+from transferkit.evaluation.calibration import reliability_bins
 
 
 def _check(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -70,19 +74,22 @@ def classification_metrics(
         "top5_accuracy": float(multiclass_accuracy(p, labels, c, top_k=min(5, c), average="micro")),
         "balanced_accuracy": float(multiclass_recall(preds, labels, c, average=None)[present].mean()),
     }
-    for avg in ("macro", "micro"):
-        out[f"precision_{avg}"] = float(multiclass_precision(preds, labels, c, average=avg))
-        out[f"recall_{avg}"] = float(multiclass_recall(preds, labels, c, average=avg))
-        out[f"f1_{avg}"] = float(multiclass_f1_score(preds, labels, c, average=avg))
+    for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)):
+        # macro over every one of the C classes (torchmetrics' own macro leaves out classes never seen)
+        out[f"{name}_macro"] = float(fn(preds, labels, c, average=None).mean())
+        out[f"{name}_micro"] = float(fn(preds, labels, c, average="micro"))
     auroc = per_class_auroc(p, labels)
     ap = multiclass_average_precision(p, labels, c, average=None)
     valid = [a for a in auroc if a is not None]
     out["roc_auc_ovr_macro"] = float(sum(valid) / len(valid)) if valid else None
     out["average_precision_macro"] = float(ap[present].mean()) if present.any() else None
-    out["nll"] = float(F.nll_loss(p.clamp_min(1e-12).log(), labels))
+    if probs:  # probabilities given: their logarithm (a probability of exactly 0 costs infinity)
+        out["nll"] = float(F.nll_loss(scores.double().log(), labels))
+    else:
+        out["nll"] = float(F.cross_entropy(scores.double(), labels))
     out["brier"] = float(((p - F.one_hot(labels, c).float()) ** 2).sum(-1).mean())
-    out["ece"] = float(multiclass_calibration_error(p, labels, c, n_bins=n_bins, norm="l1"))
-    out["mce"] = float(multiclass_calibration_error(p, labels, c, n_bins=n_bins, norm="max"))
+    bins = reliability_bins(p, labels, n_bins)
+    out["ece"], out["mce"] = bins["ece"], bins["mce"]
     out["classes_without_samples"] = int((~present).sum())
     return out
 

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: DINOv2's grid spans 1e-5 .. 0.1 in 13 steps (1-2-5); ours spans 1e-4 .. 1.0 in 9 half-decade steps: heads see
 #: standardised features, which want larger steps than DINOv2's raw ones, and 9 heads cost 30% less than 13.
 DEFAULT_LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+#: L2 weight decays searched with them (``benchmarks/bench_probes.py`` measures the gain)
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
 
 
 @dataclass
@@ -52,7 +54,8 @@ class LinearGridConfig:
         epochs: passes over the cached training features.
         batch_size: mini-batch size.
         momentum: SGD momentum.
-        weight_decay: L2 weight decay (DINOv2 uses 0).
+        weight_decays: L2 weight decays searched with the learning rates (one head per pair; DINOv2 searches the
+            learning rate only, with no decay: ``(0.0,)``; CLIP_benchmark's decay sweep gains points on small data).
         normalize: standardise each feature variant with its training mean/std (BN(affine=False)-style).
         seed: seed of the head initialisation and the batch order.
         max_in_memory_mb: features of every variant and split up to this many MiB (as float32) are loaded
@@ -64,7 +67,7 @@ class LinearGridConfig:
     epochs: int = 100
     batch_size: int = 256
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS
     normalize: bool = True
     seed: int = 0
     max_in_memory_mb: float = 1024.0
@@ -74,10 +77,10 @@ class LinearGridConfig:
             raise UserError(f"learning_rates must be positive numbers, got {list(self.learning_rates)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise UserError(
-                f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}"
-            )
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decays or any(not wd >= 0 for wd in self.weight_decays):
+            raise UserError(f"weight_decays must be numbers >= 0, got {list(self.weight_decays)}")
         if self.max_in_memory_mb < 0:
             raise UserError(f"max_in_memory_mb must be >= 0, got {self.max_in_memory_mb}")
 
@@ -153,17 +156,18 @@ class GridHeads(nn.Module):
         return out.view(len(x), self.num_heads, self.num_classes).transpose(0, 1)
 
     @torch.no_grad()
-    def scale_grads(self, head_lr: torch.Tensor, weight_decay: float = 0.0) -> None:
-        """``grad <- head_lr[h] * (grad + weight_decay * param)`` for the rows of head ``h``.
+    def scale_grads(self, head_lr: torch.Tensor, head_wd: torch.Tensor | None = None) -> None:
+        """``grad <- head_lr[h] * (grad + head_wd[h] * param)`` for the rows of head ``h`` (biases undecayed).
 
         With plain momentum SGD (no dampening, no Nesterov) at learning rate ``eta_t`` this is exactly SGD
         with per-head learning rate ``head_lr[h] * eta_t`` and L2 weight decay: the momentum buffer is linear
         in the gradients and ``head_lr`` is constant, so it factors out of the buffer.
         """
         rows = head_lr.repeat_interleave(self.num_classes)  # (H * C,)
+        decay = head_wd.repeat_interleave(self.num_classes) if head_wd is not None else None
         for w, b in zip(self.weights, self.biases):
-            if weight_decay:
-                w.grad.add_(w, alpha=weight_decay)
+            if decay is not None and bool(decay.any()):
+                w.grad.add_(w * decay[:, None])
             w.grad.mul_(rows[:, None])
             b.grad.mul_(rows)
 
@@ -281,10 +285,13 @@ def train_linear_grid(
 
     gen = torch.Generator().manual_seed(cfg.seed)
     lrs = [float(lr) for lr in cfg.learning_rates]
-    n_heads = len(lrs)
+    wds = [float(wd) for wd in cfg.weight_decays]
+    pairs = [(lr, wd) for wd in wds for lr in lrs]  # head h: (learning rate, weight decay)
+    n_heads = len(pairs)
     heads = GridHeads({v.name: v.dim for v in variants}, n_heads, num_classes, gen).to(device)
     scale = cfg.batch_size / 256.0
-    head_lr = torch.tensor([lr * scale for lr in lrs], device=device)
+    head_lr = torch.tensor([lr * scale for lr, _ in pairs], device=device)
+    head_wd = torch.tensor([wd for _, wd in pairs], device=device)
     # one optimizer at LR 1 (times the cosine factor); per-head LRs enter through GridHeads.scale_grads
     optimizer = torch.optim.SGD(heads.parameters(), lr=1.0, momentum=cfg.momentum, weight_decay=0.0)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -306,7 +313,7 @@ def train_linear_grid(
                 loss = loss + F.cross_entropy(logits.reshape(-1, num_classes), yb, reduction="sum") / len(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            heads.scale_grads(head_lr, cfg.weight_decay)
+            heads.scale_grads(head_lr, head_wd)
             optimizer.step()
             scheduler.step()
     seconds = time.perf_counter() - start
@@ -315,14 +322,15 @@ def train_linear_grid(
     val_logits: dict[tuple[int, int], torch.Tensor] = {}
     for vi, v in enumerate(variants):
         logits, acc1, loss = _evaluate(heads, vi, feats[v.name].chunks("val"), y["val"])
-        for li, lr in enumerate(lrs):
+        for li, (lr, wd) in enumerate(pairs):
             val_logits[(vi, li)] = logits[li]
             rows.append(
                 {
-                    "name": f"{v.name}/lr={lr:g}",
+                    "name": f"{v.name}/lr={lr:g}" + (f"/wd={wd:g}" if len(wds) > 1 or wd else ""),
                     "variant": v.name,
                     **v.info,
                     "lr": lr,
+                    "weight_decay": wd,
                     "lr_scaled": lr * scale,
                     "val_acc1": float(acc1[li]),
                     "val_loss": float(loss[li]) if math.isfinite(float(loss[li])) else None,
@@ -349,10 +357,12 @@ def train_linear_grid(
         test = _metrics(logits, y["test"], num_classes)
         test_pred = logits.argmax(-1).cpu().numpy()
     log.info(
-        "linear grid: %d heads (%d variants x %d LRs), %d epochs, %d steps in %.1fs; best %s val %.4f test %s",
+        "linear grid: %d heads (%d variants x %d LRs x %d weight decays), %d epochs, %d steps in %.1fs; best %s "
+        "val %.4f test %s",
         len(rows),
         len(variants),
-        n_heads,
+        len(lrs),
+        len(wds),
         cfg.epochs,
         total_steps,
         seconds,
@@ -365,7 +375,7 @@ def train_linear_grid(
         best=best,
         val=val,
         test=test,
-        config={**asdict(cfg), "learning_rates": lrs},
+        config={**asdict(cfg), "learning_rates": lrs, "weight_decays": wds},
         seconds=seconds,
         steps=total_steps,
         test_pred=test_pred,

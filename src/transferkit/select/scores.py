@@ -260,7 +260,10 @@ def logme(
         L = [D/2 log alpha + N/2 log beta - 1/2 log|alpha I + beta F^T F|
              - beta/2 res2 - alpha/2 m2 - N/2 log 2 pi] / N
 
-    (at most ``max_iter`` = 11 steps, stopping when ``|t_new - t| / t <= tol``), and the score is the mean of
+    (at most ``max_iter`` = 11 steps, stopping when ``|t_new - t| / t <= tol``; a column stopped by the cap keeps
+    ``m2``/``res2`` of the previous ``t``, as the reference code does, so its ``L`` is then that of the last
+    iterate and not the evidence at the final alpha/beta; the tests check parity with the reference code, and the
+    exact evidence only for converged columns), and the score is the mean of
     ``L`` over the target columns. ``log|alpha I + beta F^T F|`` runs over all ``D`` eigenvalues, the zero
     ones adding ``log alpha`` each, as in the paper's evidence (and the ICML code's ``each_evidence``); the
     fixed-point reference code sums over the ``min(N, D)`` (or rank-many) non-zero ones only, which equals
