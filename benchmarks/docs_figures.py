@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE_MARKER = "**`transferkit compare --config configs/compare/default.yaml`** (the default;"
-COMPARE_COLUMNS = ("linear top-1", "95% CI", "kNN top-1", "logreg top-1", "best k")
+COMPARE_COLUMNS = ("linear top-1", "95% CI", "kNN top-1", "logreg top-1", "best head", "best k")
 RANK_MARKER = "**`transferkit rank --data digits --backbones minilm-l6,minilm-l6:random,vit-tiny:random`**"
 
 
@@ -37,8 +37,17 @@ def run_compare(work: Path) -> dict[str, dict[str, str]]:
     from transferkit.cli import main
     from transferkit.report import parse_markdown_table
 
-    argv = ["compare", "--config", str(ROOT / "configs" / "compare" / "default.yaml"), "--runs_dir", str(work / "runs"),
-            "--cache_dir", str(work / "cache"), "--record_results", "false", "--progress", "false"]  # fmt: skip
+    argv = [
+        "compare",
+        "--config",
+        str(ROOT / "configs" / "compare" / "default.yaml"),
+        "--runs_dir",
+        str(work / "runs"),
+        "--cache_dir",
+        str(work / "cache"),
+        "--progress",
+        "false",
+    ]  # fmt: skip  (results: the temporary runs folder)
     if main(argv) != 0:
         raise SystemExit("compare failed")
     rows = parse_markdown_table((work / "runs" / "compare" / "report.md").read_text())
@@ -51,9 +60,10 @@ def run_rank(work: Path) -> dict[str, dict[str, str]]:
     from transferkit.cli import main
 
     argv = ["rank", "--data", "digits", "--backbones", "minilm-l6,minilm-l6:random,vit-tiny:random", "--runs_dir",
-            str(work / "runs"), "--cache_dir", str(work / "cache"), "--record_results", "false", "--progress", "false"]  # fmt: skip
+            str(work / "runs"), "--cache_dir", str(work / "cache"), "--name", "rank", "--progress", "false"]  # fmt: skip
     if main(argv) != 0:
         raise SystemExit("rank failed")
+    print((work / "runs" / "rank" / "report.md").read_text())
     metrics = json.loads((work / "runs" / "rank" / "metrics.json").read_text())
     return {score: {b: f"{v:.4f}" for b, v in values.items()} for score, values in metrics["scores"].items()}
 

@@ -37,6 +37,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
         (["train", "ranker", "--runs_dir", str(tmp_path)], "no results table"),
         (["train", "nosuch"], "unknown trainer 'nosuch'"),
         (["--data", "digits", "--backbone", "vit-micro"], "unknown option '--backbone'"),
+        (["--data", "digits", "--backbones", "vit-micro", "--max_latency_ms", "0"], "--max_latency_ms must be > 0"),
+        (["--data", "digits", "--backbones", "vit-micro", "--max_memory_mb", "-5"], "--max_memory_mb must be > 0"),
+        (["--data", "digits", "--backbones", "vit-micro", "--cost", "false", "--min_images_per_s", "10"],
+         "needs --cost true"),
     ]  # fmt: skip
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -122,3 +126,69 @@ def test_benchmark_train_rank_with_ranker_and_evaluate(tmp_path, capsys):
     assert set(lodo["summary"]) >= {"ranker", "random", "logme", "sfda"}
     assert lodo["summary"]["ranker"]["datasets"] == 3
     assert (runs / "ev" / "config.yaml").is_file() and (runs / "ev" / "report.md").is_file()
+
+
+TINY_RANKER = ["--ranker.model.d_model", "16", "--ranker.model.heads", "2", "--ranker.model.layers", "1",
+               "--ranker.train.max_epochs", "5"]  # fmt: skip
+
+
+def test_evaluate_on_a_shipped_public_table(tmp_path, capsys):
+    assert main(["evaluate", "--table", "sfda-group1", "--runs_dir", str(tmp_path), *TINY_RANKER]) == 0
+    out = capsys.readouterr().out
+    assert "sfda (published)" in out and "prior: mean rank" in out and "TencentARC/SFDA" in out
+    run = tmp_path / "rank-evaluate"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"prior: mean rank", "prior: parameters", "ranker", "random"} <= set(metrics["summary"])
+    assert metrics["summary"]["ranker"]["datasets"] == 11 and metrics["ranker_features"] == [
+        "prior: mean rank"
+    ]
+    assert metrics["reference"]["logme"]["mean"] == pytest.approx(0.509, abs=0.002)
+    assert (run / "weighted_tau.png").stat().st_size > 0 and (run / "config.yaml").is_file()
+    assert "Weighted tau per dataset" in (run / "report.md").read_text()
+
+
+def test_evaluate_on_a_table_file_with_score_rows(tmp_path, capsys):
+    rows = []
+    for d in range(3):
+        for m, acc in enumerate([0.9, 0.8, 0.7, 0.6]):
+            acc = acc if d != 1 else 1.5 - acc  # one dataset reverses the order
+            key = {"key": f"set{d}", "name": f"set{d}"}
+            rows.append(
+                {"dataset": key, "backbone": f"m{m}", "protocol": "finetune", "metric": "top1", "value": acc}
+            )
+            rows.append(
+                {"dataset": key, "backbone": f"m{m}", "protocol": "score", "metric": "myscore", "value": acc}
+            )
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"rows": rows}))
+    argv = ["evaluate", "--table", str(path), "--runs_dir", str(tmp_path), "--name", "t", *TINY_RANKER]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "t" / "metrics.json").read_text())["summary"]
+    assert summary["myscore"]["weighted_tau"] == pytest.approx(1.0)  # the score equals the accuracy
+    assert summary["prior: mean rank"]["datasets"] == 3
+    path.write_text("{not json")
+    assert main(["evaluate", "--table", str(path), "--runs_dir", str(tmp_path)]) != 0
+    assert "is not JSON" in capsys.readouterr().err
+
+
+def test_cost_is_measured_and_budgets_filter_the_recommendation(tmp_path, capsys):
+    argv = ["--data", "digits", "--backbones", "vit-micro,convnet-micro", *TINY, "--runs_dir", str(tmp_path),
+            "--scores", "logme,knn", "--progress", "false"]  # fmt: skip
+    assert main([*argv, "--name", "free"]) == 0
+    free = json.loads((tmp_path / "free" / "metrics.json").read_text())
+    assert "cost on this machine" in capsys.readouterr().out
+    for c in free["cost"].values():
+        assert c["images_per_s"] > 0 and c["latency_ms"] > 0 and c["peak_memory_mb"] > 0 and c["gflops"] > 0
+    best = min(free["ensemble_rank"], key=free["ensemble_rank"].get)
+    assert free["recommendation"]["recommended"] == best and free["recommendation"]["over_budget"] == {}
+    assert (tmp_path / "free" / "cost.png").stat().st_size > 0
+    assert "Cost on this machine" in (tmp_path / "free" / "report.md").read_text()
+    # a memory budget between the two backbones' peaks leaves only the smaller one
+    peaks = {n: c["peak_memory_mb"] for n, c in free["cost"].items()}
+    small, big = sorted(peaks, key=peaks.get)
+    limit = (peaks[small] + peaks[big]) / 2
+    assert main([*argv, "--name", "mem", "--max_memory_mb", str(limit)]) == 0
+    rec = json.loads((tmp_path / "mem" / "metrics.json").read_text())["recommendation"]
+    assert rec["recommended"] == small and list(rec["over_budget"]) == [big]
+    assert main([*argv, "--name", "none", "--max_latency_ms", "1e-6"]) == 0
+    assert "none (every backbone is over budget)" in capsys.readouterr().out

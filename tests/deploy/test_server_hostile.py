@@ -50,23 +50,25 @@ def server(onnx_export, tmp_path_factory):
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        assert proc.poll() is None, log_file.read_text()[-3000:]
+    try:  # the server goes down even when starting it fails or the module is interrupted
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.25)
+        yield url, log_file
+    finally:
+        proc.send_signal(signal.SIGINT)
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.25)
-    yield url, log_file
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def _metric(url: str, name: str) -> float:

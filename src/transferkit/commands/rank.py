@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from transferkit.data.spec import DataSpec
+from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions
 from transferkit.probe.linear import LogRegConfig
 from transferkit.select.options import LearnedRankerOptions
@@ -36,11 +37,18 @@ def rank(
     extraction: ExtractOptions = ExtractOptions(),
     patch_size: int | None = None,
     seed: int = 0,
+    cost: bool = True,
+    max_latency_ms: float | None = None,
+    max_memory_mb: float | None = None,
+    min_images_per_s: float | None = None,
 ) -> int:
     """Rank backbones for a dataset without fine-tuning them: every training-free score (LogME, LEEP, NCE,
     H-score, shrinkage H-score, kNN, SFDA) of each backbone's frozen features, the ensemble rank and, when the
-    results table measured this dataset, each score's agreement with the real accuracies.
-    Writes runs/<name>/{config.yaml, metrics.json, report.md} and appends the scores to the results table.
+    results table measured this dataset, each score's agreement with the real accuracies; what each backbone
+    costs on this machine (throughput, latency, peak memory, FLOPs), the Pareto set and the best backbone within
+    the budgets.
+    Writes runs/<name>/{config.yaml, metrics.json, report.md, cost.png} and appends the scores to the results
+    table.
 
     Args:
         data: the dataset (--data X, or --data.<option>).
@@ -57,17 +65,25 @@ def rank(
         extraction: feature extraction and cache (--cache_dir, --batch_size, --device, ...).
         patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init backbones, the subset and the GMM pseudo-sources.
+        cost: measure each backbone's cost on the chosen --device and --precision.
+        max_latency_ms: recommend only backbones whose batch-1 latency is at most this.
+        max_memory_mb: recommend only backbones whose peak memory at the batch size is at most this.
+        min_images_per_s: recommend only backbones at least this fast at the batch size.
     """
     from rich.markup import escape
 
     from transferkit.compare import parse_backbones
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
+    from transferkit.select.cost import Budget, plot_cost
     from transferkit.select.rank import rank_backbones, rank_report, rank_tables, score_rows
     from transferkit.utils.console import make_console
 
     console = make_console()
     names = parse_backbones(backbones)
+    budget = Budget(max_latency_ms, max_memory_mb, min_images_per_s)
+    if budget.active and not cost:
+        raise UserError("a budget (--max_latency_ms, --max_memory_mb, --min_images_per_s) needs --cost true")
     table = ResultsTable.of_runs_dir(runs_dir, results_table)
     rows = table.read()
     run = RunDir.create(runs_dir, name or f"rank-{_slug(data.name())}-{data.image_size}", "rank")
@@ -87,9 +103,25 @@ def rank(
         ranker=learned_ranker,
         results=rows,
         target=target,
+        cost=cost,
+        budget=budget,
     )
     for t in rank_tables(result):
         console.print(t.to_rich())
+    if cost:
+        rec = result["recommendation"]
+        by = "learned ranker" if rec["by"] == "learned" else "ensemble mean rank"
+        within = f" within the budget ({len(rec['over_budget'])} over it)" if budget.active else ""
+        console.print(
+            f"recommended by the {by}{within}: [bold]{rec['recommended'] or 'none (every backbone is over budget)'}"
+            f"[/bold]; Pareto set (prediction vs latency): {', '.join(rec['pareto'])}"
+        )
+        predicted = (
+            result["scores"]["learned"] if rec["by"] == "learned"
+            else {m: -r for m, r in result["ensemble_rank"].items()}
+        )  # fmt: skip
+        plot = plot_cost(predicted, result["cost"], rec["pareto"], run.path / "cost.png",
+                         "learned score" if rec["by"] == "learned" else "- mean rank (higher is better)")  # fmt: skip
     if not result["accuracy"]:
         console.print(
             f"no measured accuracies of this dataset in {table.path} (run 'transferkit compare' on it first)"
@@ -97,7 +129,10 @@ def rank(
     elif not result["accuracy_exact_match"]:
         console.print(f"note: accuracies of '{data.name()}' were measured at another image size")
     run.update_metrics({"command": "rank", **result})
-    md, _ = rank_report(result).write(run.path)
+    report = rank_report(result)
+    if cost:
+        report.section("cost", "Cost on this machine").add_image(plot, "predicted transferability vs latency")
+    md, _ = report.write(run.path)
     table.append(score_rows(result, run.name))
     console.print(f"wrote {run.path / 'metrics.json'}, {md}; scores appended to {table.path}")
     return 0
@@ -211,8 +246,9 @@ def train(
     kind = get_trainer(trainer).name
     table = ResultsTable.of_runs_dir(runs_dir, results_table)
     rows: list[Any] = []
+    all_rows: list[Any] = []
     if kind == "ranker" or backbones is None:
-        rows, _ = load_target_rows(table, target)
+        rows, all_rows = load_target_rows(table, target)
     run = RunDir.create(runs_dir, name or f"rank-train-{kind}", f"rank train {kind}")
     run.write_config()
     with console.status(f"training the {kind}") as status:
@@ -222,7 +258,9 @@ def train(
             )
             results = {"autoencoder": train_autoencoder(sizes, ranker, run.path, cache_dir, status.update)}
         else:
-            bundle, results = train_ranker(rows, ranker, run.path, cache_dir, autoencoder, status.update)
+            bundle, results = train_ranker(
+                rows, ranker, run.path, cache_dir, autoencoder, status.update, all_rows=all_rows
+            )
             console.print(
                 f"results table {table.path} ({rows[0].target}): {len(bundle.meta['datasets'])} datasets, "
                 f"{len(bundle.meta['models'])} models; dataset encoder {bundle.settings.encoder}"
@@ -252,6 +290,7 @@ def train(
 
 def evaluate(
     *,
+    table: str | None = None,
     ranker: LearnedRankerOptions = LearnedRankerOptions(),
     target: str | None = None,
     name: str = "rank-evaluate",
@@ -260,10 +299,15 @@ def evaluate(
     cache_dir: str | None = None,
 ) -> int:
     """Leave-one-dataset-out evaluation of the learned ranker against every training-free score of the results
-    table: mean Kendall tau, weighted tau, top-1 hit and top-1 regret per method.
-    Writes runs/<name>/{config.yaml, metrics.json, report.md}.
+    table: mean Kendall tau, weighted tau, top-1 hit and top-1 regret per method. With --table, every predictor
+    a table allows without images or weights (data-free priors, its score columns, the ranker on per-model
+    embeddings and per-pair features) on a shipped public table (sfda-group1, sfda-group2: published fine-tune
+    accuracies) or a results-table file, beside the published reference rows.
+    Writes runs/<name>/{config.yaml, metrics.json, report.md} (and weighted_tau.png with --table).
 
     Args:
+        table: sfda-group1, sfda-group2 or a results-table path (no images or weights needed); None: the
+            results table with the full learned ranker.
         ranker: the learned ranker (--ranker.*, as in rank train).
         target: protocol/metric of the results table to rank by (default: the most common).
         name: run name.
@@ -278,20 +322,67 @@ def evaluate(
     from transferkit.utils.console import make_console
 
     console = make_console()
-    table = ResultsTable.of_runs_dir(runs_dir, results_table)
-    rows, all_rows = load_target_rows(table, target)
+    if table is not None:
+        return _evaluate_table(table, ranker, target, name, runs_dir, console)
+    results = ResultsTable.of_runs_dir(runs_dir, results_table)
+    rows, all_rows = load_target_rows(results, target)
     run = RunDir.create(runs_dir, name, "rank evaluate")
     run.write_config()
     with console.status("embedding models and datasets, leave-one-dataset-out") as status:
         result = evaluate_ranker(rows, all_rows, ranker, cache_dir, run.path / "embeddings", status.update)
     t = lodo_table(
         result,
-        f"leave-one-dataset-out over {len(result['datasets'])} datasets ({result['target']}, {table.path})",
+        f"leave-one-dataset-out over {len(result['datasets'])} datasets ({result['target']}, {results.path})",
     )
     console.print(t.to_rich())
-    run.update_metrics({"command": "rank evaluate", "results_table": str(table.path), **result})
+    run.update_metrics({"command": "rank evaluate", "results_table": str(results.path), **result})
     report = Report("Learned ranker: leave-one-dataset-out")
     report.section("lodo", "Leave-one-dataset-out").add_table(t)
     md, _ = report.write(run.path)
     console.print(f"wrote {run.path / 'metrics.json'}, {md}")
+    return 0
+
+
+def _evaluate_table(
+    table: str, ranker: Any, target: str | None, name: str, runs_dir: str, console: Any
+) -> int:
+    """``rank evaluate --table``: the data-free priors, the table's scores and the learned ranker
+    (leave-one-dataset-out), beside the table's published rows."""
+    from transferkit.report import Report
+    from transferkit.runs import RunDir
+    from transferkit.select.public import (
+        evaluate_table,
+        load_table,
+        plot_table_evaluation,
+        table_report_tables,
+    )
+
+    rows, meta = load_table(table)
+    with console.status("leave-one-dataset-out") as status:
+        result = evaluate_table(
+            rows, meta, target, ranker, lambda k: status.update(f"leave-one-dataset-out: holding out {k}")
+        )
+    result["name"] = meta.get("name", table)
+    run = RunDir.create(runs_dir, name, "rank evaluate")
+    run.write_config()
+    title = f"{result['name']}: {len(result['datasets'])} datasets, {len(result['models'])} models ({result['target']})"
+    tables = table_report_tables(result, title)
+    for t in tables:
+        console.print(t.to_rich())
+    if meta.get("citation"):
+        src = meta.get("source")
+        if isinstance(src, dict):
+            src = " ".join(str(src[k])[:12] if k == "commit" else str(src[k]) for k in src)
+        console.print(f"source: {src}. {meta['citation']}", highlight=False, soft_wrap=True)
+    plot = plot_table_evaluation(result, run.path / "weighted_tau.png")
+    run.update_metrics({"command": "rank evaluate", "table": table, **result})
+    report = Report(
+        f"Ranking models without fine-tuning them: {result['name']}", meta=meta.get("citation", "")
+    )
+    section = report.section("table", "Predictors against the table's accuracies")
+    for t in tables:
+        section.add_table(t)
+    section.add_image(plot, "mean weighted tau per predictor (grey: published)")
+    md, _ = report.write(run.path)
+    console.print(f"wrote {run.path / 'metrics.json'}, {md}, {plot}")
     return 0

@@ -45,7 +45,8 @@ def results_table(results: dict[str, Any]) -> Table:
             "logreg top-1": e["logreg"]["test_acc1"] if e.get("logreg") else None,
             "kNN top-1": e["knn"]["test_acc1"],
             "fine-tune top-1": e["finetune"]["test_acc1"] if e.get("finetune") else None,
-            "best linear head": f"{head['variant']}, lr {head['lr']:g}",
+            "best linear head": f"{head['variant']}, lr {head['lr']:g}"
+            + (f", wd {head['weight_decay']:g}" if head.get("weight_decay") else ""),
             "best k": e["knn"]["best_k"],
         }
         rows.append(row)

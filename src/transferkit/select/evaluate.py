@@ -44,13 +44,34 @@ def rank_metrics(predicted: Mapping[str, float], truth: Mapping[str, float]) -> 
     out: dict[str, float] = {"n": float(len(models))}
     if len(models) >= 2 and np.ptp(p) > 0 and np.ptp(t) > 0:
         out["kendall_tau"] = float(kendalltau(p, t).statistic)
-        out["weighted_tau"] = float(weightedtau(t, p).statistic)
+        out["weighted_tau"] = float(weightedtau(p, t).statistic)  # (score, accuracy), as the SFDA scripts
     else:
         out["kendall_tau"] = out["weighted_tau"] = float("nan")
     top = int(np.argmax(p))
     out["top1_hit"] = float(t[top] >= t.max() - 1e-12)
     out["top1_regret"] = float(t.max() - t[top])
     return out
+
+
+def mean_rank_prior(
+    truth: Mapping[str, Mapping[str, float]], held_out: str | None, models: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Data-free prior: ``{model: -mean rank}`` over every dataset of ``truth`` but ``held_out`` (rank 1 = most
+    accurate; higher is better), for ``models`` (default: those of ``truth[held_out]``); a model ranked nowhere
+    else gets the worst possible score. Never reads ``truth[held_out]``'s values."""
+    ranks: dict[str, list[float]] = {}
+    for dataset, accs in truth.items():
+        if dataset == held_out:
+            continue
+        names = list(accs)
+        order = np.argsort(-np.array([accs[m] for m in names]), kind="stable")
+        for rank, i in enumerate(order, start=1):
+            ranks.setdefault(names[i], []).append(float(rank))
+    worst = -float(max((len(a) for a in truth.values()), default=1)) - 1.0
+    wanted = (
+        list(models) if models is not None else list(truth[held_out]) if held_out is not None else list(ranks)
+    )
+    return {m: (-float(np.mean(ranks[m])) if m in ranks else worst) for m in wanted}
 
 
 def random_ranker_expectation(truth: Mapping[str, float]) -> dict[str, float]:

@@ -17,11 +17,19 @@ import numpy as np
 
 from transferkit.errors import UserError
 from transferkit.report import Table
-from transferkit.results import ResultRow, ResultsTable, choose_target, rows_of_target, scores_by_dataset
+from transferkit.results import (
+    ResultRow,
+    ResultsTable,
+    choose_target,
+    rows_of_target,
+    scores_by_dataset,
+    values_by_dataset,
+)
 from transferkit.select.options import LearnedRankerOptions
 from transferkit.select.pipeline import (
     EmbeddingStore,
     LearnedRanker,
+    PairFeatures,
     evaluate_lodo,
     model_image_sizes,
     train_learned_ranker,
@@ -83,6 +91,17 @@ class PretrainedAutoencoder:
         return TrainResult(self.model, {"trainer": "autoencoder", "pretrained": True, "epochs": []})
 
 
+def pair_features(
+    rows: Sequence[ResultRow], all_rows: Sequence[ResultRow], options: LearnedRankerOptions
+) -> PairFeatures | None:
+    """The per-pair features ``options.features`` asks for: the accuracies of ``rows`` (one target) for the
+    prior, the ``score`` rows of ``all_rows``; None when it asks for none."""
+    if not options.features:
+        return None
+    scores = scores_by_dataset(all_rows)
+    return PairFeatures(options.features, values_by_dataset(rows), scores, sorted(scores))
+
+
 def train_ranker(
     rows: Sequence[ResultRow],
     options: LearnedRankerOptions,
@@ -90,15 +109,18 @@ def train_ranker(
     cache_dir: Any = None,
     autoencoder: str | Path | None = None,
     progress: Progress | None = None,
+    all_rows: Sequence[ResultRow] = (),
 ) -> tuple[LearnedRanker, dict[str, TrainResult]]:
-    """Autoencoder (or the trained one at ``autoencoder``) + ranker on ``rows`` (one target); the bundle is
+    """Autoencoder (or the trained one at ``autoencoder``) + ranker on ``rows`` (one target), with the
+    per-pair features of ``options.features`` (scores from the ``score`` rows of ``all_rows``); the bundle is
     written to ``out_dir`` (use it with ``transferkit rank --learned_ranker DIR``)."""
     store = EmbeddingStore(options.embedding, root=out_dir / "embeddings", cache_dir=cache_dir)
     ae, make_ranker = trainers_from(options)
     if autoencoder is not None:
         ae = PretrainedAutoencoder(autoencoder)
+    features = pair_features(rows, all_rows, options)
     bundle, _, results = train_learned_ranker(
-        rows, store, ae, make_ranker(), out_dir=out_dir, progress=progress
+        rows, store, ae, make_ranker(), out_dir=out_dir, progress=progress, features=features
     )
     return bundle, results
 
@@ -121,6 +143,7 @@ def evaluate_ranker(
         make_ranker,
         scores_by_dataset(all_rows),
         progress=(lambda k: progress(f"leave-one-dataset-out: holding out {k}")) if progress else None,
+        features=pair_features(rows, all_rows, options),
     )
     out = result.to_dict()
     out["datasets"] = [e.dataset for e in examples]

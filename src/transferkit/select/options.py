@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transferkit.errors import UserError
 from transferkit.select.model_embed import AutoencoderConfig
-from transferkit.select.pipeline import EmbeddingSettings
+from transferkit.select.pipeline import RANKER_FEATURES, EmbeddingSettings
 from transferkit.select.ranker import RANK_LOSSES, RankerConfig
 
 SCHEDULERS = ("plateau", "cosine", "none")
@@ -72,6 +72,9 @@ class LearnedRankerOptions:
         model: the ranking transformer's shape (``model_dim``/``data_dim`` come from the embeddings).
         loss: ranking loss, ``listmle`` or ``pairwise``.
         train: the ranker's optimisation.
+        features: per (model, dataset) inputs next to the model embedding: ``scores`` (the table's
+            training-free scores, z-scored within each dataset's list), ``prior`` (the mean-rank prior over the
+            training datasets); ``[]``: the embeddings alone.
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -80,8 +83,15 @@ class LearnedRankerOptions:
     model: RankerConfig = field(default_factory=RankerConfig)
     loss: str = "listmle"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_epochs=200))
+    features: list[str] = field(default_factory=lambda: ["scores", "prior"])
 
     def __post_init__(self) -> None:
         self.loss = self.loss.lower()
         if self.loss not in RANK_LOSSES:
             raise UserError(f"unknown ranking loss '{self.loss}'; choose one of {list(RANK_LOSSES)}")
+        self.features = [f.strip().lower() for f in self.features]
+        bad = [f for f in self.features if f not in RANKER_FEATURES]
+        if bad or len(set(self.features)) != len(self.features):
+            raise UserError(
+                f"--ranker.features {self.features}: each of {list(RANKER_FEATURES)} at most once (or [] for none)"
+            )

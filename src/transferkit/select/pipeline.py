@@ -29,7 +29,7 @@ from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.results import ResultRow, values_by_dataset
 from transferkit.select.dataset_embed import class_balanced_indices, resolve_encoder
-from transferkit.select.evaluate import LodoResult, leave_one_dataset_out
+from transferkit.select.evaluate import LodoResult, leave_one_dataset_out, mean_rank_prior
 from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
 from transferkit.select.ranker import RankExample, RankingTransformer, predict_scores
 from transferkit.utils.io import atomic_write_json
@@ -149,6 +149,67 @@ class EmbeddingStore:
         return self._get("datasets", key, compute)
 
 
+# ---------------------------------------------------------------------------------------------- pair features
+#: what :class:`PairFeatures` can put next to a model's embedding
+RANKER_FEATURES = ("scores", "prior")
+
+
+def standardized_columns(columns: Sequence[Mapping[str, float]], models: Sequence[str]) -> np.ndarray:
+    """``(M, F)``: column ``f`` holds ``columns[f][model]`` z-scored over the list's models that have a finite
+    value (a constant column gives 0); a model without a value gets 0, the list's mean."""
+    out = np.zeros((len(models), len(columns)), dtype=np.float32)
+    for j, col in enumerate(columns):
+        v = np.array([col.get(m, np.nan) for m in models], dtype=np.float64)
+        ok = np.isfinite(v)
+        if ok.sum() >= 2 and np.std(v[ok]) > 0:
+            out[ok, j] = (v[ok] - v[ok].mean()) / v[ok].std()
+    return out
+
+
+@dataclass
+class PairFeatures:
+    """Per (model, dataset) inputs of the ranker, concatenated to each model's embedding (``kinds``):
+
+    - ``scores``: every training-free score of the table (``scores[score][dataset][model]``, ``score_names``),
+      z-scored within the dataset's list of models;
+    - ``prior``: the data-free mean-rank prior over the accuracies of ``truth``, leaving out the datasets in
+      ``exclude`` (the held-out dataset and the example's own dataset, so no list sees its own accuracies).
+    """
+
+    kinds: Sequence[str]
+    truth: Mapping[str, Mapping[str, float]]
+    scores: Mapping[str, Mapping[str, Mapping[str, float]]]
+    score_names: Sequence[str]
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.kinds if k not in RANKER_FEATURES]
+        if bad:
+            raise UserError(f"unknown ranker feature(s) {bad}; choose from {list(RANKER_FEATURES)}")
+        self.score_names = sorted(self.score_names) if "scores" in self.kinds else []
+
+    @property
+    def names(self) -> list[str]:
+        return [
+            *(f"score:{s}" for s in self.score_names),
+            *(["prior: mean rank"] if "prior" in self.kinds else []),
+        ]
+
+    def columns(self, dataset: str, models: Sequence[str], exclude: set[str]) -> list[dict[str, float]]:
+        cols = [dict(self.scores.get(s, {}).get(dataset, {})) for s in self.score_names]
+        if "prior" in self.kinds:
+            seen = {d: v for d, v in self.truth.items() if d not in exclude}
+            cols.append(mean_rank_prior(seen, None, models) if seen else {})
+        return cols
+
+    def attach(self, ex: RankExample, exclude: set[str]) -> RankExample:
+        """``ex`` with its model codes extended by the features, ``(M, D_model + F)``."""
+        if not self.kinds:
+            return ex
+        feats = standardized_columns(self.columns(ex.dataset, ex.models, exclude), ex.models)
+        codes = np.concatenate([np.asarray(ex.model_codes, dtype=np.float32), feats], axis=1)
+        return RankExample(ex.dataset, ex.data_tokens, codes, ex.targets, ex.models)
+
+
 # ---------------------------------------------------------------------------------------------- bundle
 @dataclass
 class LearnedRanker:
@@ -183,10 +244,33 @@ class LearnedRanker:
         rk = RankingTransformer.from_checkpoint(torch.load(root / "ranker" / "model.pt", weights_only=False))
         return cls(ae, rk, settings, meta)
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The per-pair inputs it was trained with (``score:<name>``, ``prior: mean rank``)."""
+        return list(self.meta.get("features", []))
+
     @torch.no_grad()
-    def score(self, tokens: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores ``(M,)`` (higher = better) of models with weight vectors ``(M, dim)`` for a token set."""
+    def score(
+        self,
+        tokens: np.ndarray,
+        vectors: np.ndarray,
+        models: Sequence[str] = (),
+        scores: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> np.ndarray:
+        """Scores ``(M,)`` (higher = better) of one list of models, weight vectors ``(M, dim)``, for a token
+        set; ``models`` and their training-free ``scores[score][model]`` feed the per-pair features it was
+        trained with (a missing score counts as the list's mean; the prior comes from its training table)."""
         codes = self.autoencoder.embed(vectors)
+        if self.feature_names:
+            if len(models) != len(codes):
+                raise UserError("this ranker was trained with per-pair features: pass the models' names")
+            cols = []
+            for f in self.feature_names:
+                if f.startswith("score:"):
+                    cols.append(dict((scores or {}).get(f.removeprefix("score:"), {})))
+                else:
+                    cols.append(dict(self.meta.get("prior", {})))
+            codes = np.concatenate([codes, standardized_columns(cols, list(models))], axis=1)
         return predict_scores(self.ranker, tokens, codes)
 
 
@@ -246,10 +330,12 @@ def train_learned_ranker(
     ranker_trainer: Any,
     out_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    features: PairFeatures | None = None,
 ) -> tuple[LearnedRanker, list[RankExample], dict[str, Any]]:
     """Embed every model (weights -> autoencoder) and dataset (encoder tokens) of ``rows`` (one target) and
-    train the ranker on them. Returns the bundle (saved to ``out_dir`` when given), the examples and both
-    results."""
+    train the ranker on them, with ``features`` next to the model codes (each list's prior leaves its own
+    dataset out). Returns the bundle (saved to ``out_dir`` when given), the examples (without the features) and
+    both results."""
     sizes = model_image_sizes(rows)
     names = sorted(sizes)
     if len(names) < 2:
@@ -272,12 +358,16 @@ def train_learned_ranker(
     )
     if not examples:
         raise UserError("no dataset in the performance table has at least 2 models")
-    rk_result = ranker_trainer.fit(examples)
-    meta = {
+    with_features = [features.attach(e, {e.dataset}) for e in examples] if features else examples
+    rk_result = ranker_trainer.fit(with_features)
+    meta: dict[str, Any] = {
         "datasets": [e.dataset for e in examples],
         "models": names,
         "target": sorted({r.target for r in rows}),
+        "features": features.names if features else [],
     }
+    if features is not None and "prior" in features.kinds:
+        meta["prior"] = mean_rank_prior(features.truth, None)
     bundle = LearnedRanker(ae_result.model, rk_result.model, store.settings, meta)
     if out_dir is not None:
         bundle.save(out_dir)
@@ -289,14 +379,20 @@ def evaluate_lodo(
     make_trainer: Callable[[], Any],
     baselines: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     progress: Callable[[str], None] | None = None,
+    features: PairFeatures | None = None,
 ) -> LodoResult:
-    """Leave-one-dataset-out: a fresh ranker from ``make_trainer()`` per held-out dataset."""
+    """Leave-one-dataset-out: a fresh ranker from ``make_trainer()`` per held-out dataset; with ``features``,
+    each fold rebuilds them so that no prior (of a training list or of the held-out one) sees the held-out
+    dataset's accuracies."""
     by_key = {e.dataset: e for e in examples}
     truth = {e.dataset: dict(zip(e.models, map(float, e.targets))) for e in examples}
 
     def train_and_predict(train: list[str], held: str) -> dict[str, float]:
-        result = make_trainer().fit([by_key[k] for k in train])
-        ex = by_key[held]
+        def prepared(key: str) -> RankExample:
+            return features.attach(by_key[key], {held, key}) if features else by_key[key]
+
+        result = make_trainer().fit([prepared(k) for k in train])
+        ex = prepared(held)
         return dict(zip(ex.models, map(float, predict_scores(result.model, ex.data_tokens, ex.model_codes))))
 
     return leave_one_dataset_out(list(by_key), truth, train_and_predict, baselines, progress)

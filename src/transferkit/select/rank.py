@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions, get_features
 from transferkit.report import Report, Table
 from transferkit.results import ResultRow, choose_target, dataset_entry, rows_of_target, values_by_dataset
+from transferkit.select.cost import Budget, measure_cost, recommend
 from transferkit.select.evaluate import rank_metrics
 from transferkit.select.scores import (
     Features,
@@ -67,6 +69,8 @@ def rank_backbones(
     ranker: str | Path | None = None,
     results: Sequence[ResultRow] = (),
     target: str | None = None,
+    cost: bool = True,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
     """Score ``backbones`` on ``split`` of the dataset ``spec`` describes, without fine-tuning any.
 
@@ -82,10 +86,14 @@ def rank_backbones(
         ranker: a trained learned-ranker folder whose score is added as ``learned``.
         results: results-table rows; measured accuracies of this dataset become the ``accuracy`` to compare with.
         target: ``protocol/metric`` of those rows to compare with (default: the most common).
+        cost: measure each backbone's cost on this hardware (:func:`~transferkit.select.cost.measure_cost`).
+        budget: limits the recommendation must meet (needs ``cost``).
 
     Returns a JSON-able dict: ``dataset``, ``split``, ``backbones`` (per-backbone facts), ``scores``
     (``{score: {backbone: value}}``), ``score_seconds``, ``ensemble_rank``, ``ranking``, ``accuracy``,
-    ``accuracy_target``, ``accuracy_exact_match`` and ``correlations`` (``{score: rank_metrics}``).
+    ``accuracy_target``, ``accuracy_exact_match``, ``correlations`` (``{score: rank_metrics}``) and, with
+    ``cost``, ``cost`` (``{backbone: measure_cost}``) and ``recommendation`` (:func:`~transferkit.select.cost.recommend`
+    on the learned ranker's score, else the ensemble's mean rank).
     """
     from transferkit.select.pipeline import EmbeddingStore, LearnedRanker
 
@@ -93,6 +101,9 @@ def rank_backbones(
         raise UserError(f"unknown split '{split}'; choose train, val or test")
     if max_samples is not None and max_samples < 2:
         raise UserError(f"max_samples must be >= 2, got {max_samples}")
+    budget = budget or Budget()
+    if budget.active and not cost:
+        raise UserError("a budget (--max_latency_ms, --max_memory_mb, --min_images_per_s) needs --cost true")
     extract = extract or ExtractOptions()
     score_names = resolve_score_names(scores)
     dm = spec.build()
@@ -109,6 +120,8 @@ def rank_backbones(
     values: dict[str, dict[str, float]] = {s: {} for s in score_names}
     seconds: dict[str, dict[str, float]] = {s: {} for s in score_names}
     per_backbone: dict[str, dict[str, Any]] = {}
+    vectors: dict[str, np.ndarray] = {}
+    costs: dict[str, dict[str, Any]] = {}
     for name in backbones:
         t0 = time.perf_counter()
         bb = resolve_backbone(name, dm.image_size, seed=seed, **options[name])
@@ -146,15 +159,35 @@ def rank_backbones(
                 (r.extra["source"] for r in res.values() if "source" in r.extra), None
             ),
         }
+        if cost:
+            costs[name] = measure_cost(
+                bb,
+                dm,
+                split=split,
+                batch_size=extract.batch_size or 32,
+                device=extract.device,
+                precision=extract.precision,
+            )
         if learned is not None:
-            assert store is not None and tokens is not None
-            vec = store.model_vector(name, dm.image_size, backbone=bb)
-            t1 = time.perf_counter()
-            per_backbone[name]["learned"] = float(learned.score(tokens, vec[None])[0])
-            seconds.setdefault("learned", {})[name] = time.perf_counter() - t1
+            assert store is not None
+            vectors[name] = store.model_vector(name, dm.image_size, backbone=bb)
         del bb
     if learned is not None:
-        values["learned"] = {n: per_backbone[n]["learned"] for n in backbones}
+        # one list: the ranker scores the candidates jointly, with this run's scores as its per-pair features
+        assert tokens is not None
+        t1 = time.perf_counter()
+        joint = learned.score(tokens, np.stack([vectors[n] for n in backbones]), list(backbones), values)
+        values["learned"] = {n: float(v) for n, v in zip(backbones, joint)}
+        seconds["learned"] = {n: (time.perf_counter() - t1) / len(backbones) for n in backbones}
+        for n in backbones:
+            per_backbone[n]["learned"] = values["learned"][n]
+        missing = [f for f in learned.feature_names if f.startswith("score:") and f[6:] not in values]
+        if missing:
+            log.warning(
+                "the learned ranker was trained with %s, which this run did not compute (add them to --scores); "
+                "they count as the list's mean",
+                ", ".join(missing),
+            )
     ensemble = ensemble_ranks({s: v for s, v in values.items() if s != "learned"})
 
     measured, exact = matching_rows(results, dataset)
@@ -169,6 +202,17 @@ def rank_backbones(
             for s, v in values.items():
                 correlations[s] = rank_metrics(v, truth)
             correlations["ensemble"] = rank_metrics({m: -r for m, r in ensemble.items()}, truth)
+    extra: dict[str, Any] = {}
+    if cost:
+        predicted = values["learned"] if "learned" in values else {m: -r for m, r in ensemble.items()}
+        extra = {
+            "cost": costs,
+            "recommendation": {
+                **recommend(predicted, costs, budget),
+                "by": "learned" if "learned" in values else "ensemble",
+                "budget": asdict(budget),
+            },
+        }
     return {
         "dataset": dataset,
         "split": split,
@@ -181,6 +225,7 @@ def rank_backbones(
         "accuracy_target": chosen,
         "accuracy_exact_match": exact if truth else None,
         "correlations": correlations,
+        **extra,
     }
 
 
@@ -253,6 +298,8 @@ def rank_tables(result: dict[str, Any]) -> list[Table]:
             formats={"mean rank": ".2f"},
         )
     )
+    if result.get("cost"):
+        tables.append(cost_table(result))
     if correlations:
         n = int(next(iter(correlations.values())).get("n", 0))
         rows = [
@@ -276,6 +323,57 @@ def rank_tables(result: dict[str, Any]) -> list[Table]:
             )
         )
     return tables
+
+
+def cost_table(result: dict[str, Any]) -> Table:
+    """Cost of each backbone on this hardware, the Pareto set and the budget verdict, best prediction first."""
+    costs, rec = result["cost"], result["recommendation"]
+    by = rec["by"]
+    predicted = (
+        result["scores"]["learned"]
+        if by == "learned"
+        else {m: -r for m, r in result["ensemble_rank"].items()}
+    )
+    order = sorted(costs, key=lambda n: -np.nan_to_num(predicted.get(n, np.nan), nan=-np.inf))
+    rows = []
+    for n in order:
+        c = costs[n]
+        verdict = "; ".join(rec["over_budget"].get(n, [])) or (
+            "recommended" if n == rec["recommended"] else ""
+        )
+        rows.append([n, predicted[n] if by == "learned" else -predicted[n], c["images_per_s"], c["latency_ms"],
+                     c["peak_memory_mb"], c["gflops"], c["params"] / 1e6, "yes" if n in rec["pareto"] else "",
+                     verdict])  # fmt: skip
+    first = next(iter(costs.values()))
+    budget = ", ".join(f"{k} {v:g}" for k, v in rec["budget"].items() if v is not None) or "none"
+    return Table(
+        [
+            "backbone",
+            "learned score" if by == "learned" else "mean rank",
+            "images/s",
+            "latency ms",
+            "peak MB",
+            "GFLOPs/image",
+            "params (M)",
+            "Pareto",
+            "budget",
+        ],  # fmt: skip
+        rows,
+        title=f"cost on this machine ({first['device']}, {first['precision']}, batch {first['batch_size']}, "
+        f"{first['threads']} threads, load {first['load_avg_1m']})",
+        formats={
+            "learned score": ".4f",
+            "mean rank": ".2f",
+            "images/s": ".0f",
+            "latency ms": ".1f",
+            "peak MB": ".0f",
+            "GFLOPs/image": ".3f",
+            "params (M)": ".2f",
+        },  # fmt: skip
+        note=f"measured in this run: throughput at the batch size and latency at batch 1 (medians of timed calls "
+        f"after warm-up); peak MB: weights plus peak live tensors of a forward at the batch size (CUDA: the "
+        f"allocator's peak); Pareto: no other backbone predicted better and faster; budget: {budget}.",
+    )
 
 
 def rank_report(result: dict[str, Any]) -> Report:
