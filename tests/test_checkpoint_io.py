@@ -48,7 +48,9 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     env = {**os.environ, "TMPDIR": other}
     proc = subprocess.Popen([sys.executable, "-c", SAVER, str(good)], env=env)
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.stat().st_size > 1_000_000 for p in folder.glob(".last.ckpt.*")):
+    while time.time() < deadline and not any(
+        p.stat().st_size > 1_000_000 for p in folder.glob(".last.ckpt.*")
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -92,5 +94,7 @@ def test_sigterm_during_fit_saves_a_resumable_checkpoint_and_exits_non_zero(tmp_
     saved = torch.load(last, weights_only=False)
     assert saved["global_step"] > 0
     epochs = saved["epoch"] + 2
-    assert main([*args, "--trainer.max_epochs", str(epochs), "--ckpt_path", "last"]) == 0  # resumes to the end
+    assert (
+        main([*args, "--trainer.max_epochs", str(epochs), "--ckpt_path", "last"]) == 0
+    )  # resumes to the end
     assert torch.load(last, weights_only=False)["epoch"] == epochs - 1

@@ -125,7 +125,9 @@ def test_the_openmp_wait_policy_is_passive_before_torch_loads_unless_the_user_ch
         "import transferkit.cli; print('torch' in sys.modules)"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["PASSIVE", "False", "False"]  # set before torch is imported
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True).stdout  # fmt: skip

@@ -59,7 +59,9 @@ def test_default_compare_minilm_next_to_its_random_twin(tmp_path, capsys):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["backbones"] == ["minilm-l6", "minilm-l6:random", "vit-tiny:random"]
     perf = json.loads((tmp_path / "runs" / "performance.json").read_text())
-    assert len(perf["rows"]) == 9 and perf["rows"][0]["dataset"]["name"] == "digits"  # 3 backbones x 3 protocols
+    assert (
+        len(perf["rows"]) == 9 and perf["rows"][0]["dataset"]["name"] == "digits"
+    )  # 3 backbones x 3 protocols
     assert {r["protocol"] for r in perf["rows"]} == {"linear_probe", "knn", "logistic_regression"}
     assert all(e["logreg"]["test_acc1"] > 0.6 for e in by_name.values())
     metrics = json.loads((run / "metrics.json").read_text())

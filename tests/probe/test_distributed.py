@@ -25,7 +25,9 @@ def test_rank_blocks_are_contiguous_batch_aligned_and_cover_every_image():
 def test_two_processes_give_the_one_process_entry_row_for_row(digits_folder, tmp_path):
     dm = ImageClassificationDataModule(source="imagefolder", path=str(digits_folder), image_size=32)
     bb = resolve_backbone("vit-micro", 32)
-    kw = dict(layers=2, pooling="cls", extra_poolings=["mean"], progress=False, batch_size=16, precision="float32")
+    kw = dict(
+        layers=2, pooling="cls", extra_poolings=["mean"], progress=False, batch_size=16, precision="float32"
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # each of the two processes runs one thread: the same kernels
     try:

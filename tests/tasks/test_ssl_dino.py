@@ -203,7 +203,9 @@ def test_collapse_check_names_both_collapse_modes():
     healthy = collapse_check([(0.5 * math.log(k), 0.9 * math.log(k))] * 3, k)
     assert healthy["warning"] is None and healthy["log_k"] == pytest.approx(math.log(k))
     uniform = collapse_check([(0.9 * math.log(k), math.log(k))], k)
-    assert "approach uniform" in uniform["warning"] and uniform["teacher_entropy"] == pytest.approx(0.9 * math.log(k))
+    assert "approach uniform" in uniform["warning"] and uniform["teacher_entropy"] == pytest.approx(
+        0.9 * math.log(k)
+    )
     one = collapse_check([(0.01, 0.05)], k)
     assert "same few prototypes" in one["warning"]
     assert collapse_check([], k)["warning"] is None

@@ -237,7 +237,9 @@ class Backbone(nn.Module):
             )
         return pooling
 
-    def reset_normalization(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def reset_normalization(
+        self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> None:
         """Set the normalisation statistics (default: the backbone's own ``mean``/``std``) and their buffers."""
         self.mean = tuple(float(v) for v in (mean if mean is not None else self.mean))
         self.std = tuple(float(v) for v in (std if std is not None else self.std))

@@ -74,7 +74,11 @@ def classification_metrics(
         "top5_accuracy": float(multiclass_accuracy(p, labels, c, top_k=min(5, c), average="micro")),
         "balanced_accuracy": float(multiclass_recall(preds, labels, c, average=None)[present].mean()),
     }
-    for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)):
+    for name, fn in (
+        ("precision", multiclass_precision),
+        ("recall", multiclass_recall),
+        ("f1", multiclass_f1_score),
+    ):
         # macro over every one of the C classes (torchmetrics' own macro leaves out classes never seen)
         out[f"{name}_macro"] = float(fn(preds, labels, c, average=None).mean())
         out[f"{name}_micro"] = float(fn(preds, labels, c, average="micro"))

@@ -830,7 +830,14 @@ def get_features(
             return extract_summaries(bb, dataset, storage=fmt, **common, **kw)
         opts = {k: v for k, v in common.items() if k != "device"}
         return extract_sharded(
-            extract_summaries, bb, dataset, shard_dir, devices=devices, accelerator=accelerator, storage=fmt, **opts
+            extract_summaries,
+            bb,
+            dataset,
+            shard_dir,
+            devices=devices,
+            accelerator=accelerator,
+            storage=fmt,
+            **opts,
         )
 
     def extract(

@@ -31,7 +31,9 @@ class FeatureRows:
             n = int(source.shape[0])
             d = int(np.prod(source.shape[1:]))
         else:
-            raise TypeError(f"features must be a tensor, an array or a FeatureSet, got {type(source).__name__}")
+            raise TypeError(
+                f"features must be a tensor, an array or a FeatureSet, got {type(source).__name__}"
+            )
         self.shape = (n, d)
 
     def __len__(self) -> int:

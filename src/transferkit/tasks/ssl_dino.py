@@ -307,7 +307,12 @@ def collapse_check(entropies: list[tuple[float, float]], out_dim: int) -> dict[s
             "to the same few prototypes, DINO is collapsing; raise model.loss.center_momentum or lower the "
             "learning rate"
         )
-    return {"teacher_entropy": per_image, "teacher_mean_entropy": batch_mean, "log_k": log_k, "warning": warning}
+    return {
+        "teacher_entropy": per_image,
+        "teacher_mean_entropy": batch_mean,
+        "log_k": log_k,
+        "warning": warning,
+    }
 
 
 class DinoContinuation(L.LightningModule):

@@ -158,7 +158,12 @@ def test_coco_training_reports_every_dropped_annotation_and_can_fail_instead(tmp
             {"id": 2, "image_id": 2, "category_id": 7, "bbox": [2, 2, 5, 5]},  # unknown category
             {"id": 3, "image_id": 2, "category_id": 1, "bbox": [2, 2, -5, 5]},  # negative width
             {"id": 4, "image_id": 9, "category_id": 1, "bbox": [2, 2, 5, 5]},  # unknown image
-            {"id": 5, "image_id": 3, "category_id": 1, "bbox": [15, 15, 10, 10]},  # outside the image: clamped
+            {
+                "id": 5,
+                "image_id": 3,
+                "category_id": 1,
+                "bbox": [15, 15, 10, 10],
+            },  # outside the image: clamped
         ],
     }
     (root / "train.json").write_text(json.dumps(coco))
