@@ -47,8 +47,8 @@ def rank(
     results table measured this dataset, each score's agreement with the real accuracies; what each backbone
     costs on this machine (throughput, latency, peak memory, FLOPs), the Pareto set and the best backbone within
     the budgets.
-    Writes runs/<name>/{config.yaml, metrics.json, report.md, cost.png} and appends the scores to the results
-    table.
+    Writes runs/<name>/{config.yaml, metrics.json, report.md, cost.png (with --cost)} and appends the scores to
+    the results table.
 
     Args:
         data: the dataset (--data X, or --data.<option>).

@@ -101,7 +101,8 @@ def measure_cost(
     dev = resolve_device(str(device) if device is not None else "auto")
     prec = resolve_precision(precision, dev)
     ds = datamodule.dataset(split)
-    images = torch.stack([ds[i][0] for i in range(min(batch["batch_size"], len(ds)))]).to(dev)
+    items = (ds[i] for i in range(min(batch_size, len(ds))))
+    images = torch.stack([it[0] for it in items if it is not None]).to(dev)  # None: an unreadable image
     autocast = torch.autocast(dev.type, dtype=DTYPES[prec]) if prec != "float32" else nullcontext()
     with torch.inference_mode(), autocast:
         if dev.type == "cuda":
