@@ -42,10 +42,11 @@ COMMANDS: dict[str, tuple[str | dict[str, str], str]] = {
         {
             "": "transferkit.commands.rank:rank",
             "benchmark": "transferkit.commands.rank:benchmark",
+            "zoo": "transferkit.commands.rank:zoo",
             "train": "transferkit.commands.rank:train",
             "evaluate": "transferkit.commands.rank:evaluate",
         },
-        "rank backbones for a dataset without fine-tuning them (subcommands: benchmark, train, evaluate)",
+        "rank backbones for a dataset without fine-tuning them (subcommands: benchmark, zoo, train, evaluate)",
     ),
     "evaluate": (
         "transferkit.commands.evaluate:evaluate",

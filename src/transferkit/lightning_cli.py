@@ -132,7 +132,7 @@ class _LinkAwareInstantiator(_LightningInstantiator):
 def run_lightning(argv: list[str], from_sys_argv: bool = False) -> Any:
     """Run a LightningCLI subcommand (``argv[0]``) with transferkit's run-directory conventions."""
     # imported here so `transferkit --help` and the light commands start fast
-    import transferkit.data  # noqa: F401  (registers datamodules for short class_path names)
+    import transferkit.data.datamodule  # noqa: F401  (registers datamodules for short class_path names)
     import transferkit.tasks  # noqa: F401
 
     inherited = os.environ.get(RUN_DIR_ENV)

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
 def test_help_lists_the_subcommands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "subcommands: benchmark, train, evaluate" in out
+    assert "subcommands: benchmark, zoo, train, evaluate" in out
     assert main(["train", "--help"]) == 0
     assert "autoencoder or ranker" in capsys.readouterr().out
 

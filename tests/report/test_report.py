@@ -33,7 +33,7 @@ def test_table_formats_and_reads_back():
     with pytest.raises(ValueError, match="2 values for 4 columns"):
         Table(["a", "b", "c", "d"], [[1, 2]]).cells()
     rich_table = table.to_rich()
-    assert rich_table.row_count == 2 and rich_table.title == "Results"
+    assert rich_table.row_count == 2 and str(rich_table.title) == "Results"
 
 
 def test_report_writes_markdown_and_self_contained_html(tmp_path):
@@ -87,3 +87,17 @@ def test_sections_of_other_producers_survive_a_rewrite(tmp_path):
     assert "accuracy 0.7" in md and "accuracy 0.5" not in md
     assert md.index("Analysis: weights") < md.index("Analysis: features")  # kept in place, new one appended
     assert "transferkit:" not in html_path.read_text() and "separability 0.9" in html_path.read_text()
+
+
+def test_rich_output_is_literal_text():
+    from rich.console import Console
+
+    from transferkit.report import Table
+
+    t = Table(
+        ["dataset"], [["digits[0,3]"]], title="tasks of shapes[circle,ring]", note="T1 = textures[dots,blobs]"
+    )
+    console = Console(record=True, width=120)
+    console.print(t.to_rich())
+    out = "".join(console.export_text().split())  # the title and caption wrap to the table's width
+    assert "digits[0,3]" in out and "shapes[circle,ring]" in out and "textures[dots,blobs]" in out

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferkit.backbones.poolings import POOLINGS  # noqa: F401  (re-exported)
 from transferkit.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("cls", "mean", "last", "cls+mean")
 
 
 @dataclass

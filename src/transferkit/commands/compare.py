@@ -12,7 +12,7 @@ from typing import Any
 
 from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
 from transferkit.data.spec import DataSpec
-from transferkit.probe.cache import ExtractOptions
+from transferkit.probe.options import ExtractOptions
 
 
 def compare(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transferkit.data.spec import DataSpec
-from transferkit.probe.cache import ExtractOptions
+from transferkit.probe.options import ExtractOptions
 
 
 def extract(

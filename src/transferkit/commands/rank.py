@@ -9,13 +9,14 @@ transferkit rank evaluate
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from typing import Any
 
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
-from transferkit.probe.cache import ExtractOptions
-from transferkit.probe.linear import LogRegConfig
+from transferkit.probe.options import ExtractOptions, LogRegConfig
 from transferkit.select.options import LearnedRankerOptions
+from transferkit.select.zoo import ZooRecipe
 
 
 def _slug(text: str) -> str:
@@ -201,6 +202,67 @@ def benchmark(
     )
     report = Report(f"Ranking benchmark: class-subset tasks of {data.name()}")
     report.section("benchmark", "Logistic-regression probe per task").add_table(t)
+    md, _ = report.write(run.path)
+    console.print(f"wrote {run.path / 'metrics.json'}, {md}; {len(rows)} rows appended to {table.path}")
+    return 0
+
+
+def zoo(
+    recipe: ZooRecipe = ZooRecipe(),
+    *,
+    zoo_dir: str | None = None,
+    rebuild: bool = False,
+    logreg: LogRegConfig = LogRegConfig(),
+    name: str = "rank-zoo",
+    runs_dir: str = "runs",
+    results_table: str | None = None,
+    extraction: ExtractOptions = ExtractOptions(),
+    seed: int = 0,
+) -> int:
+    """Pretrain an offline model zoo (supervised and DINO members on offline sources, see
+    configs/rank/zoo.yaml) and measure it with the included backbones on class-subset tasks of several offline
+    datasets: the logistic-regression probe and every training-free score of each (backbone, task), appended
+    to the results table (protocols logistic_regression and score) for rank train / rank evaluate.
+
+    Args:
+        recipe: the zoo (--recipe.members, --recipe.include, --recipe.targets, ...; usually --config).
+        zoo_dir: where members are saved and reused (default <runs_dir>/zoo: members/<name>, train/<name>).
+        rebuild: pretrain every member again even when a saved one matches its recipe.
+        logreg: the logistic-regression protocol (C sweep).
+        name: run name.
+        runs_dir: folder holding run directories and the results table.
+        results_table: the results table (default <runs_dir>/performance.json).
+        extraction: feature extraction and cache (--cache_dir, --batch_size, --device, ...).
+        seed: seed of the pretraining, the class subsets and the GMM pseudo-sources.
+    """
+    from pathlib import Path
+
+    from transferkit.report import Report
+    from transferkit.results import ResultsTable
+    from transferkit.runs import RunDir
+    from transferkit.select.benchmark import benchmark_table
+    from transferkit.select.zoo import run_zoo
+    from transferkit.utils.console import make_console
+
+    console = make_console()
+    table = ResultsTable.of_runs_dir(runs_dir, results_table)
+    run = RunDir.create(runs_dir, name, "rank zoo")
+    run.write_config()
+    home = Path(zoo_dir) if zoo_dir else Path(runs_dir) / "zoo"
+    rows, facts = run_zoo(
+        recipe, home, logreg=logreg, extract=extraction, seed=seed, rebuild=rebuild, progress=console.print
+    )
+    for m, f in facts["members"].items():
+        acc = f" (val top-1 on its source {f['source_val_acc1']:.3f})" if "source_val_acc1" in f else ""
+        console.print(f"member {m}: {'reused' if f.get('reused') else 'pretrained'}, {f['path']}{acc}")
+    table.append(rows)
+    report = Report("Offline model zoo: class-subset tasks of several datasets")
+    for target, accs in facts["targets"].items():
+        t = benchmark_table(accs, facts["backbones"])
+        t.title = f"{target}: logistic-regression probe, test top-1 per class-subset task"
+        console.print(t.to_rich())
+        report.section(f"target-{target}", target).add_table(t)
+    run.update_metrics({"command": "rank zoo", "recipe": asdict(recipe), **facts, "rows": len(rows)})
     md, _ = report.write(run.path)
     console.print(f"wrote {run.path / 'metrics.json'}, {md}; {len(rows)} rows appended to {table.path}")
     return 0

@@ -9,9 +9,22 @@
 The command is ``transferkit compare`` (:mod:`transferkit.commands.compare`); see docs/compare.md.
 """
 
-from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
-from transferkit.compare.runner import DEFAULT_BACKBONES, parse_backbones, result_rows, run_compare
-from transferkit.compare.stats import fair_pairs, mcnemar_p, pretraining_gains, wilson_ci
+import importlib
+from typing import Any
+
+#: public names and their modules, imported on first use (``transferkit.compare.options`` stays torch-free)
+_LAZY = {
+    **{n: "options" for n in ("FinetuneOptions", "KnnOptions", "ProbeOptions")},
+    **{n: "runner" for n in ("DEFAULT_BACKBONES", "parse_backbones", "result_rows", "run_compare")},
+    **{n: "stats" for n in ("fair_pairs", "mcnemar_p", "pretraining_gains", "wilson_ci")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"transferkit.compare.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'transferkit.compare' has no attribute '{name}'")
+
 
 __all__ = [
     "DEFAULT_BACKBONES",

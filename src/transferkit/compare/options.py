@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transferkit.backbones.base import POOLINGS
+from transferkit.backbones.poolings import POOLINGS
 from transferkit.errors import UserError
-from transferkit.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
-from transferkit.probe.linear import DEFAULT_LEARNING_RATES, DEFAULT_WEIGHT_DECAYS
+from transferkit.probe.options import (
+    DEFAULT_KS,
+    DEFAULT_LEARNING_RATES,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WEIGHT_DECAYS,
+)
 
 
 @dataclass

@@ -1,24 +1,41 @@
 """Data for transferkit: sources (digits, imagefolder, csv, CIFAR), transform presets, dataset checks and
 the image-classification DataModule. Images leave this package as ``(3, H, W)`` float tensors in ``[0, 1]``.
 
-Importing the package imports the DataModule (and lightning), so LightningCLI finds it by its short
-``class_path`` name.
+Names are imported on first use (``transferkit.data.ImageClassificationDataModule`` imports lightning then);
+LightningCLI's short ``class_path`` names need ``transferkit.data.datamodule`` imported (``run_lightning`` does).
 """
 
-from transferkit.data.datamodule import ImageClassificationDataModule
-from transferkit.data.sources import (
-    SOURCES,
-    SPLITS,
-    ArrayImageDataset,
-    ClassificationDataset,
-    ClassificationSource,
-    ImageFileDataset,
-    build_source,
-    collate_drop_none,
-    load_rgb,
-)
-from transferkit.data.transforms import AUGMENTS, build_eval_transform, build_transform
-from transferkit.data.validate import DatasetReport, Issue, check_dataset
+import importlib
+from typing import Any
+
+#: public names and the module that defines each (imported on first use, so ``transferkit.data.spec`` and
+#: ``--help`` do not pull in lightning)
+_LAZY = {
+    "ImageClassificationDataModule": "datamodule",
+    **{
+        n: "sources"
+        for n in (
+            "SOURCES",
+            "SPLITS",
+            "ArrayImageDataset",
+            "ClassificationDataset",
+            "ClassificationSource",
+            "ImageFileDataset",
+            "build_source",
+            "collate_drop_none",
+            "load_rgb",
+        )
+    },  # fmt: skip
+    **{n: "transforms" for n in ("AUGMENTS", "build_eval_transform", "build_transform")},
+    **{n: "validate" for n in ("DatasetReport", "Issue", "check_dataset")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"transferkit.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'transferkit.data' has no attribute '{name}'")
+
 
 __all__ = [
     "AUGMENTS",

@@ -106,7 +106,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            source: Where the images come from: ``digits`` (built-in sklearn handwritten digits, offline),
+            source: Where the images come from: ``digits`` (built-in sklearn handwritten digits, offline), ``shapes`` or ``textures`` (generated, offline),
                 ``imagefolder`` (``path/{train,val[,test]}/<class>/<image>``), ``csv`` (a
                 ``path,label[,split]`` file), ``cifar10`` or ``cifar100``
                 (torchvision's on-disk format under ``path``).

@@ -9,6 +9,8 @@ Sources:
 
 - ``digits``: sklearn's 1797 real 8x8 handwritten digits, upscaled to ``image_size``; offline, fixed
   stratified 60/20/20 split that never depends on the run's seed.
+- ``shapes`` / ``textures``: generated sets (6 classes x 200 images: geometric shapes, periodic and random
+  patterns; :mod:`transferkit.data.synthetic`), offline, deterministic, the digits' fixed split.
 - ``imagefolder``: ``root/{train,val[,test]}/<class>/<image>`` (torchvision's folder scanning).
 - ``csv``: a CSV with header ``path,label[,split]``; paths relative to the CSV's folder.
 - ``cifar10`` / ``cifar100``: torchvision's on-disk format (``cifar-10-batches-py`` / ``cifar-100-python``).
@@ -42,7 +44,9 @@ from transferkit.errors import DatasetError, UserError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-SOURCES = ("digits", "imagefolder", "csv", "cifar10", "cifar100")
+SOURCES = ("digits", "shapes", "textures", "imagefolder", "csv", "cifar10", "cifar100")
+#: built-in sources held in memory, no path
+BUILTIN_SOURCES = ("digits", "shapes", "textures")
 ON_CORRUPT = ("error", "skip")
 SPLIT_SEED = 0
 
@@ -474,6 +478,24 @@ class DigitsSource(ClassificationSource):
         return {k: full.subset(v) for k, v in fixed_split_60_20_20(full.targets, "the digits").items()}
 
 
+class SyntheticSource(ClassificationSource):
+    """A generated set of :mod:`transferkit.data.synthetic` (``shapes``, ``textures``) at ``image_size``."""
+
+    def __init__(self, kind: str, image_size: int = 64):
+        from transferkit.data.synthetic import GENERATORS
+
+        super().__init__(None, GENERATORS[kind][0])
+        self.name = kind
+        self.image_size = int(image_size)
+
+    def _load(self) -> dict[str, ClassificationDataset]:
+        from transferkit.data.synthetic import synthetic_images
+
+        images, labels, names = synthetic_images(self.name, self.image_size)
+        full = ArrayImageDataset(images, labels, names)
+        return {k: full.subset(v) for k, v in fixed_split_60_20_20(full.targets, f"the {self.name}").items()}
+
+
 def printable_name(name: str) -> str:
     """A file name as text any output can carry: bytes that are not UTF-8 (held as surrogates by ``os``)
     become ``\\xNN``; a UTF-8 name is returned unchanged."""
@@ -807,6 +829,12 @@ def build_source(
         if val_fraction is not None:
             logger.warning("source digits has a fixed 60/20/20 split; val_fraction is ignored")
         return DigitsSource(image_size)
+    if source in ("shapes", "textures"):
+        if path is not None:
+            logger.warning("source %s is built in; path=%s is ignored", source, path)
+        if val_fraction is not None:
+            logger.warning("source %s has a fixed 60/20/20 split; val_fraction is ignored", source)
+        return SyntheticSource(source, image_size)
     if source in ("cifar10", "cifar100"):
         return CifarSource(source, path, val_fraction, download)
     if path is None:

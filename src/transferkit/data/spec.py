@@ -26,7 +26,7 @@ from transferkit.errors import UserError
 
 SPLITS = ("train", "val", "test")
 #: shorthand sources of ``--data X``
-DATA_SOURCES = ("digits", "imagefolder", "csv", "cifar10", "cifar100")
+DATA_SOURCES = ("digits", "shapes", "textures", "imagefolder", "csv", "cifar10", "cifar100")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from transferkit.data.datamodule import shuffling_sampler
 from transferkit.data.sources import (
+    BUILTIN_SOURCES,
     ON_CORRUPT,
     SOURCES,
     ClassificationDataset,
@@ -175,7 +176,7 @@ class UnlabeledImageDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            source: ``folder`` (every image under ``path``, labels ignored), ``digits`` (built in, offline),
+            source: ``folder`` (every image under ``path``, labels ignored), ``digits``, ``shapes``, ``textures`` (built in, offline),
                 or a labeled source (``imagefolder``, ``csv``, ``cifar10``, ``cifar100``) whose labels are
                 ignored.
             path: Image folder, dataset folder, CSV file or CIFAR folder; unused for ``digits``.
@@ -245,7 +246,7 @@ class UnlabeledImageDataModule(L.LightningDataModule):
         return [self.image_size] * 2 + [self.local_crop_size] * self.num_local_crops
 
     def prepare_data(self) -> None:
-        if self.source_name not in ("folder", "digits"):
+        if self.source_name not in ("folder", *BUILTIN_SOURCES):
             self._labeled_source().prepare()
 
     def _labeled_source(self) -> Any:

@@ -7,24 +7,34 @@ weighted kNN (DINOv2's linear and kNN evaluations on cached features).
 - :func:`knn_evaluate` (``knn.py``): cosine kNN with ``exp(sim / T)`` votes, several k from one search.
 """
 
-from transferkit.probe.cache import (
-    ExtractOptions,
-    FeatureSet,
-    default_cache_dir,
-    get_features,
-    weights_digest,
-)
-from transferkit.probe.knn import knn_evaluate, knn_neighbors, knn_scores
-from transferkit.probe.linear import (
-    LinearGridConfig,
-    LinearGridResult,
-    LogRegConfig,
-    LogRegResult,
-    Variant,
-    feature_variants,
-    train_linear_grid,
-    train_logistic_regression,
-)
+import importlib
+from typing import Any
+
+#: public names and their modules, imported on first use (``transferkit.probe.options`` stays torch-free)
+_LAZY = {
+    **{n: "cache" for n in ("FeatureSet", "default_cache_dir", "get_features", "weights_digest")},
+    **{n: "options" for n in ("ExtractOptions", "LogRegConfig")},
+    **{n: "knn" for n in ("knn_evaluate", "knn_neighbors", "knn_scores")},
+    **{
+        n: "linear"
+        for n in (
+            "LinearGridConfig",
+            "LinearGridResult",
+            "LogRegResult",
+            "Variant",
+            "feature_variants",
+            "train_linear_grid",
+            "train_logistic_regression",
+        )
+    },  # fmt: skip
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"transferkit.probe.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'transferkit.probe' has no attribute '{name}'")
+
 
 __all__ = [
     "ExtractOptions",

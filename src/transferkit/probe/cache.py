@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.probe.distributed import extract_sharded
+from transferkit.probe.options import PRECISIONS, ExtractOptions  # noqa: F401  (re-exported)
 from transferkit.utils.devices import default_device, resolve_device
 from transferkit.utils.digest import tensors_digest
 from transferkit.utils.io import atomic_write_json, file_lock
@@ -79,8 +80,7 @@ POOLING_SUMMARIES: dict[str, tuple[str, ...]] = {
     "cls+mean": ("cls", "mean"),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: compute precisions of an extraction; ``auto`` is bfloat16 autocast where the device runs it fast
-PRECISIONS = ("auto", *DTYPES)
+assert PRECISIONS == ("auto", *DTYPES)
 #: how stored summaries are kept on disk (bfloat16 as its raw 16 bits, numpy has no bfloat16)
 STORAGES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 FLOAT16_MAX = 65504.0
@@ -145,71 +145,6 @@ class FeatureDataModule(Protocol):
     def dataset(self, split: str) -> Any: ...
 
     def fingerprint(self, split: str) -> str: ...
-
-
-@dataclass
-class ExtractOptions:
-    """How features are extracted and cached, as :func:`get_features` takes them: one definition for every
-    command that extracts (extract, compare, rank, rank benchmark), whose CLI has these as top-level options.
-
-    Args:
-        cache_dir: cache root (default :func:`default_cache_dir`).
-        batch_size: extraction batch size (default: the datamodule's ``eval_batch_size``).
-        num_workers: DataLoader workers (default: the datamodule's).
-        device: where the backbone runs (default: CUDA when available).
-        precision: compute precision: ``auto`` (bfloat16 autocast where the device runs it fast: CUDA with
-            bfloat16, CPUs with AVX-512-BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16`` or ``float16``;
-            the resolved one is part of the cache key and of the results.
-        storage: how features are kept on disk: ``float16`` (half the bytes; a value beyond its range stores
-            that entry in float32), ``bfloat16`` or ``float32``; part of the cache key.
-        refresh_cache: re-extract even when cached (and overwrite the entry).
-        progress: show progress bars.
-        devices: extract with this many processes (one per device) through Lightning Fabric (``ddp_spawn``):
-            the images are cut into one contiguous block per process and the entry equals a one-process one
-            row for row.
-        accelerator: Fabric accelerator (``auto``, ``cpu``, ``cuda``, ...) for ``devices`` > 1.
-    """
-
-    #: the CLI adds these fields as top-level options (``--batch_size``, not ``--extract.batch_size``)
-    cli_flatten: ClassVar[bool] = True
-
-    cache_dir: str | None = None
-    batch_size: int | None = None
-    num_workers: int | None = None
-    device: str | None = None
-    precision: str = "auto"
-    storage: str = "float16"
-    refresh_cache: bool = False
-    progress: bool = True
-    devices: int = 1
-    accelerator: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown --precision '{self.precision}'; choose one of {list(PRECISIONS)}")
-        if self.storage not in STORAGES:
-            raise UserError(f"unknown --storage '{self.storage}'; choose one of {list(STORAGES)}")
-        for key in ("batch_size", "num_workers"):
-            value = getattr(self, key)
-            if value is not None and value < (1 if key == "batch_size" else 0):
-                raise UserError(f"{key} must be >= {1 if key == 'batch_size' else 0}, got {value}")
-        if self.devices < 1:
-            raise UserError(f"--devices must be >= 1, got {self.devices}")
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`get_features`."""
-        return {
-            "cache_dir": self.cache_dir,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "device": self.device,
-            "precision": self.precision,
-            "storage": self.storage,
-            "refresh": self.refresh_cache,
-            "progress": self.progress,
-            "devices": self.devices,
-            "accelerator": self.accelerator,
-        }
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -21,12 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.errors import UserError
+from transferkit.probe.options import DEFAULT_KS, DEFAULT_TEMPERATURE  # noqa: F401  (re-exported)
 from transferkit.probe.rows import FeatureRows
 
 log = logging.getLogger(__name__)
-
-DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
-DEFAULT_TEMPERATURE = 0.07
 
 
 def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:  # labels

@@ -34,15 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.errors import UserError
+from transferkit.probe.options import (  # noqa: F401  (re-exported)
+    DEFAULT_C_POWERS,
+    DEFAULT_LEARNING_RATES,
+    DEFAULT_WEIGHT_DECAYS,
+    LogRegConfig,
+)
 from transferkit.probe.rows import FeatureRows
 
 log = logging.getLogger(__name__)
-
-#: DINOv2's grid spans 1e-5 .. 0.1 in 13 steps (1-2-5); ours spans 1e-4 .. 1.0 in 9 half-decade steps: heads see
-#: standardised features, which want larger steps than DINOv2's raw ones, and 9 heads cost 30% less than 13.
-DEFAULT_LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
-#: L2 weight decays searched with them (``benchmarks/bench_probes.py`` measures the gain)
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
 
 
 @dataclass
@@ -406,36 +406,6 @@ def feature_variants(
 
 
 # ---------------------------------------------------------------------------------------------- logistic regression
-#: DINOv2's ``eval/log_regression.py`` sweep: C = 10 ** linspace(-6, 5, 45)
-DEFAULT_C_POWERS: tuple[float, ...] = tuple(float(p) for p in np.linspace(-6.0, 5.0, 45))
-
-
-@dataclass
-class LogRegConfig:
-    """The L-BFGS logistic-regression protocol (DINOv2's ``log_regression``), on cached features.
-
-    Args:
-        c_powers: the sweep of inverse regularisation strengths, as powers of ten (C = 10 ** p).
-        max_iter: L-BFGS iterations per fit.
-        tol: stop when the gradient's max-norm falls below this.
-        normalize: standardise the features with the training mean/std first.
-        refit: DINOv2 refits the chosen C on train + val before testing; False (the default) keeps the training
-            data of every protocol the same (train only), so probes, kNN and fine-tunes compare on equal terms.
-    """
-
-    c_powers: tuple[float, ...] = DEFAULT_C_POWERS
-    max_iter: int = 1000
-    tol: float = 1e-6
-    normalize: bool = True
-    refit: bool = False
-
-    def check(self) -> None:
-        if not self.c_powers:
-            raise UserError("the logistic-regression sweep needs at least one C (c_powers)")
-        if self.max_iter < 1 or not self.tol > 0:
-            raise UserError(f"max_iter must be >= 1 and tol > 0, got {self.max_iter}, {self.tol}")
-
-
 @dataclass
 class LogRegResult:
     """Outcome of :func:`train_logistic_regression`: the sweep (``sweep``: one row per C with ``c``,

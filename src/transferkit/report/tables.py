@@ -73,14 +73,17 @@ class Table:
         return "\n".join(lines)
 
     def to_rich(self) -> Any:
-        """A ``rich.table.Table`` for the terminal."""
+        """A ``rich.table.Table`` for the terminal; text is literal (``digits[0,3]`` is not rich markup)."""
         from rich.table import Table as RichTable
+        from rich.text import Text
 
-        table = RichTable(title=self.title, caption=self.note)
+        table = RichTable(
+            title=Text(self.title) if self.title else None, caption=Text(self.note) if self.note else None
+        )
         for c in self.columns:
-            table.add_column(c)
+            table.add_column(Text(c))
         for row in self.cells():
-            table.add_row(*row)
+            table.add_row(*(Text(v) for v in row))
         return table
 
     def records(self) -> list[dict[str, Any]]:

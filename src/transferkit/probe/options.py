@@ -1,0 +1,121 @@
+"""Options of the probe module that commands take (extraction, the probe grids' defaults, the logistic-regression
+protocol), in a module that imports neither torch nor lightning, so a command's ``--help`` and argument errors
+come back before those load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from transferkit.errors import UserError
+
+#: compute precisions of an extraction; ``auto`` is bfloat16 autocast where the device runs it fast
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: how stored summaries are kept on disk (``probe.cache.STORAGES`` maps them to numpy dtypes)
+STORAGE_NAMES = ("float32", "float16", "bfloat16")
+
+#: DINOv2's grid spans 1e-5 .. 0.1 in 13 steps (1-2-5); ours spans 1e-4 .. 1.0 in 9 half-decade steps: heads see
+#: standardised features, which want larger steps than DINOv2's raw ones, and 9 heads cost 30% less than 13.
+DEFAULT_LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+#: L2 weight decays searched with them (``benchmarks/bench_probes.py`` measures the gain)
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
+#: the kNN protocol's neighbour counts and temperature (DINOv2's ``knn.py``)
+DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
+DEFAULT_TEMPERATURE = 0.07
+
+
+@dataclass
+class ExtractOptions:
+    """How features are extracted and cached, as :func:`get_features` takes them: one definition for every
+    command that extracts (extract, compare, rank, rank benchmark), whose CLI has these as top-level options.
+
+    Args:
+        cache_dir: cache root (default :func:`default_cache_dir`).
+        batch_size: extraction batch size (default: the datamodule's ``eval_batch_size``).
+        num_workers: DataLoader workers (default: the datamodule's).
+        device: where the backbone runs (default: CUDA when available).
+        precision: compute precision: ``auto`` (bfloat16 autocast where the device runs it fast: CUDA with
+            bfloat16, CPUs with AVX-512-BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16`` or ``float16``;
+            the resolved one is part of the cache key and of the results.
+        storage: how features are kept on disk: ``float16`` (half the bytes; a value beyond its range stores
+            that entry in float32), ``bfloat16`` or ``float32``; part of the cache key.
+        refresh_cache: re-extract even when cached (and overwrite the entry).
+        progress: show progress bars.
+        devices: extract with this many processes (one per device) through Lightning Fabric (``ddp_spawn``):
+            the images are cut into one contiguous block per process and the entry equals a one-process one
+            row for row.
+        accelerator: Fabric accelerator (``auto``, ``cpu``, ``cuda``, ...) for ``devices`` > 1.
+    """
+
+    #: the CLI adds these fields as top-level options (``--batch_size``, not ``--extract.batch_size``)
+    cli_flatten: ClassVar[bool] = True
+
+    cache_dir: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    device: str | None = None
+    precision: str = "auto"
+    storage: str = "float16"
+    refresh_cache: bool = False
+    progress: bool = True
+    devices: int = 1
+    accelerator: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision '{self.precision}'; choose one of {list(PRECISIONS)}")
+        if self.storage not in STORAGE_NAMES:
+            raise UserError(f"unknown --storage '{self.storage}'; choose one of {list(STORAGE_NAMES)}")
+        for key in ("batch_size", "num_workers"):
+            value = getattr(self, key)
+            if value is not None and value < (1 if key == "batch_size" else 0):
+                raise UserError(f"{key} must be >= {1 if key == 'batch_size' else 0}, got {value}")
+        if self.devices < 1:
+            raise UserError(f"--devices must be >= 1, got {self.devices}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`get_features`."""
+        return {
+            "cache_dir": self.cache_dir,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "device": self.device,
+            "precision": self.precision,
+            "storage": self.storage,
+            "refresh": self.refresh_cache,
+            "progress": self.progress,
+            "devices": self.devices,
+            "accelerator": self.accelerator,
+        }
+
+
+#: DINOv2's ``eval/log_regression.py`` sweep: C = 10 ** linspace(-6, 5, 45)
+DEFAULT_C_POWERS: tuple[float, ...] = tuple(float(p) for p in np.linspace(-6.0, 5.0, 45))
+
+
+@dataclass
+class LogRegConfig:
+    """The L-BFGS logistic-regression protocol (DINOv2's ``log_regression``), on cached features.
+
+    Args:
+        c_powers: the sweep of inverse regularisation strengths, as powers of ten (C = 10 ** p).
+        max_iter: L-BFGS iterations per fit.
+        tol: stop when the gradient's max-norm falls below this.
+        normalize: standardise the features with the training mean/std first.
+        refit: DINOv2 refits the chosen C on train + val before testing; False (the default) keeps the training
+            data of every protocol the same (train only), so probes, kNN and fine-tunes compare on equal terms.
+    """
+
+    c_powers: tuple[float, ...] = DEFAULT_C_POWERS
+    max_iter: int = 1000
+    tol: float = 1e-6
+    normalize: bool = True
+    refit: bool = False
+
+    def check(self) -> None:
+        if not self.c_powers:
+            raise UserError("the logistic-regression sweep needs at least one C (c_powers)")
+        if self.max_iter < 1 or not self.tol > 0:
+            raise UserError(f"max_iter must be >= 1 and tol > 0, got {self.max_iter}, {self.tol}")
