@@ -164,7 +164,7 @@ def _fit(member: ZooMember, image_size: int, train_dir: Path, seed: int, device:
                 "local_crop_size": member.local_crop_size or max(8, image_size // 2),
                 "num_local_crops": 2,
                 "batch_size": member.batch_size,
-            },  # fmt: skip
+            },
         }
     trainer: dict[str, Any] = {
         "max_epochs": member.epochs,
