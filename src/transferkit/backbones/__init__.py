@@ -3,8 +3,7 @@
 Names load on first use; :mod:`transferkit.backbones.build` imports every adapter, which registers its backbones.
 """
 
-import importlib
-from typing import Any
+from transferkit.utils.lazy import lazy_exports
 
 #: public names and their modules, imported on first use (building a backbone imports every adapter, which
 #: registers their names; ``transferkit.backbones.poolings`` stays torch-free)
@@ -26,11 +25,7 @@ _LAZY = {
     "save_backbone": "saved",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"transferkit.backbones.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'transferkit.backbones' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -9,8 +9,7 @@
 The command is ``transferkit compare`` (:mod:`transferkit.commands.compare`); see docs/compare.md.
 """
 
-import importlib
-from typing import Any
+from transferkit.utils.lazy import lazy_exports
 
 #: public names and their modules, imported on first use (``transferkit.compare.options`` stays torch-free)
 _LAZY = {
@@ -19,11 +18,7 @@ _LAZY = {
     **{n: "stats" for n in ("fair_pairs", "mcnemar_p", "pretraining_gains", "wilson_ci")},
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"transferkit.compare.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'transferkit.compare' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

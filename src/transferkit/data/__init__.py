@@ -5,8 +5,7 @@ Names are imported on first use (``transferkit.data.ImageClassificationDataModul
 LightningCLI's short ``class_path`` names need ``transferkit.data.datamodule`` imported (``run_lightning`` does).
 """
 
-import importlib
-from typing import Any
+from transferkit.utils.lazy import lazy_exports
 
 #: public names and the module that defines each (imported on first use, so ``transferkit.data.spec`` and
 #: ``--help`` do not pull in lightning)
@@ -30,11 +29,7 @@ _LAZY = {
     **{n: "validate" for n in ("DatasetReport", "Issue", "check_dataset")},
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"transferkit.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'transferkit.data' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -7,8 +7,7 @@ weighted kNN (DINOv2's linear and kNN evaluations on cached features).
 - :func:`knn_evaluate` (``knn.py``): cosine kNN with ``exp(sim / T)`` votes, several k from one search.
 """
 
-import importlib
-from typing import Any
+from transferkit.utils.lazy import lazy_exports
 
 #: public names and their modules, imported on first use (``transferkit.probe.options`` stays torch-free)
 _LAZY = {
@@ -29,11 +28,7 @@ _LAZY = {
     },  # fmt: skip
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"transferkit.probe.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'transferkit.probe' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

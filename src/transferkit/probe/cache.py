@@ -559,6 +559,26 @@ def _extract_loop(
     return out[:filled], labels[:filled], timing
 
 
+def timing_batch(
+    backbone: Backbone,
+    datamodule: FeatureDataModule,
+    split: str,
+    batch_size: int,
+    device: str | torch.device | None,
+    precision: str,
+) -> tuple[torch.Tensor, torch.device, str, Any]:
+    """What a timed section runs on: the first ``batch_size`` readable images of ``split`` ``(B, 3, H, W)`` on the
+    device, the device, the resolved precision and its autocast context (``backbone`` moved there, eval mode)."""
+    dev = resolve_device(str(device) if device is not None else "auto")
+    ds = datamodule.dataset(split)
+    items = (ds[i] for i in range(min(batch_size, len(ds))))
+    images = torch.stack([it[0] for it in items if it is not None]).to(dev)  # None: an unreadable image
+    backbone.to(dev).eval()
+    precision = resolve_precision(precision, dev)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[precision]) if precision != "float32" else nullcontext()
+    return images, dev, precision, autocast
+
+
 def measure_throughput(
     backbone: Backbone,
     datamodule: FeatureDataModule,
@@ -577,13 +597,9 @@ def measure_throughput(
     threads and load average."""
     from transferkit.utils.timing import time_calls
 
-    dev = resolve_device(str(device) if device is not None else "auto")
-    ds = datamodule.dataset(split)
-    items = [ds[i] for i in range(min(batch_size, len(ds)))]
-    images = torch.stack([it[0] for it in items if it is not None]).to(dev)
-    backbone = backbone.to(dev).eval()
-    precision = resolve_precision(precision, dev)
-    autocast = torch.autocast(dev.type, dtype=DTYPES[precision]) if precision != "float32" else nullcontext()
+    images, dev, precision, autocast = timing_batch(
+        backbone, datamodule, split, batch_size, device, precision
+    )
 
     def step() -> None:
         with torch.inference_mode(), autocast:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,17 +92,12 @@ def measure_cost(
     under."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from transferkit.probe.cache import DTYPES, measure_throughput, resolve_device, resolve_precision
+    from transferkit.probe.cache import measure_throughput, timing_batch
 
     kw = {"split": split, "device": device, "precision": precision, "warmup": warmup, "repeats": repeats}
     batch = measure_throughput(backbone, datamodule, batch_size=batch_size, **kw)
     single = measure_throughput(backbone, datamodule, batch_size=1, **kw)
-    dev = resolve_device(str(device) if device is not None else "auto")
-    prec = resolve_precision(precision, dev)
-    ds = datamodule.dataset(split)
-    items = (ds[i] for i in range(min(batch_size, len(ds))))
-    images = torch.stack([it[0] for it in items if it is not None]).to(dev)  # None: an unreadable image
-    autocast = torch.autocast(dev.type, dtype=DTYPES[prec]) if prec != "float32" else nullcontext()
+    images, dev, _, autocast = timing_batch(backbone, datamodule, split, batch_size, device, precision)
     with torch.inference_mode(), autocast:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
