@@ -114,8 +114,9 @@ def rank(
         by = "learned ranker" if rec["by"] == "learned" else "ensemble mean rank"
         within = f" within the budget ({len(rec['over_budget'])} over it)" if budget.active else ""
         console.print(
-            f"recommended by the {by}{within}: [bold]{rec['recommended'] or 'none (every backbone is over budget)'}"
-            f"[/bold]; Pareto set (prediction vs latency): {', '.join(rec['pareto'])}"
+            f"recommended by the {by}{within}: "
+            f"[bold]{escape(rec['recommended'] or 'none (every backbone is over budget)')}[/bold]; "
+            f"Pareto set (prediction vs latency): {escape(', '.join(rec['pareto']))}"
         )
         predicted = (
             result["scores"]["learned"] if rec["by"] == "learned"
