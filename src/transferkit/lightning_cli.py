@@ -10,6 +10,7 @@ are never abbreviated, and a bad option is one line (:class:`~transferkit.errors
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -127,6 +128,36 @@ class _LinkAwareInstantiator(_LightningInstantiator):
                 log.info("%s: using the checkpoint's %s (the data's differs)", class_type.__name__, arg)
                 kwargs[arg] = taken[prefix + arg] = saved[arg]
         return super().__call__(class_type, *args, applied_instantiation_links=taken, **kwargs)
+
+
+def run_fit(
+    model: dict[str, Any],
+    data: dict[str, Any],
+    *,
+    epochs: int,
+    device: str,
+    progress: bool,
+    seed: int,
+    name: str,
+    runs_dir: str | Path,
+    limit_train_batches: int | float | None = None,
+) -> Any:
+    """``transferkit fit`` called from Python (compare's fine-tunes, the zoo's members): ``model`` and ``data`` as
+    ``class_path``/``init_args`` dicts, one device, no sanity check or model summary; returns the LightningCLI."""
+    trainer: dict[str, Any] = {
+        "max_epochs": epochs,
+        "accelerator": "gpu" if str(device).startswith("cuda") else "cpu",
+        "devices": 1,
+        "enable_progress_bar": progress,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 5,
+    }
+    if limit_train_batches is not None:
+        trainer["limit_train_batches"] = limit_train_batches
+    argv = ["fit", f"--model={json.dumps(model)}", f"--data={json.dumps(data)}", f"--trainer={json.dumps(trainer)}",
+            "--seed_everything", str(seed), "--name", name, "--runs_dir", str(runs_dir)]  # fmt: skip
+    return run_lightning(argv)
 
 
 def run_lightning(argv: list[str], from_sys_argv: bool = False) -> Any:

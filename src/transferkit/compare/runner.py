@@ -20,7 +20,6 @@ of the results table (:mod:`transferkit.results`).
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -114,7 +113,7 @@ def finetune_backbone(
     The same LightningCLI set-up as any fit run (run directory, checkpoints, ``best.ckpt`` chosen on val top-1,
     evaluated on val and test); returns the best checkpoint's numbers from the run's ``metrics.json``.
     """
-    from transferkit.lightning_cli import run_lightning
+    from transferkit.lightning_cli import run_fit
 
     backbone: dict[str, Any] = {"name": name, "seed": seed}  # the same start as the probed backbone
     if patch_size is not None:
@@ -139,27 +138,10 @@ def finetune_backbone(
         "class_path": "transferkit.data.ImageClassificationDataModule",
         "init_args": {**spec.init_args, "batch_size": opts.batch_size},
     }
-    trainer: dict[str, Any] = {
-        "max_epochs": opts.epochs,
-        "accelerator": "gpu" if str(device).startswith("cuda") else "cpu",
-        "devices": 1,
-        "enable_progress_bar": progress,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "log_every_n_steps": 5,
-    }
-    if opts.limit_train_batches is not None:
-        trainer["limit_train_batches"] = opts.limit_train_batches
     slug = name.replace("/", "_").replace(":", "_")
-    argv = [
-        "fit",
-        f"--model={json.dumps(model)}",
-        f"--data={json.dumps(data)}",
-        f"--trainer={json.dumps(trainer)}",
-    ]
-    argv += ["--seed_everything", str(seed), "--name", slug, "--runs_dir", str(runs_dir)]
     start = time.perf_counter()
-    cli = run_lightning(argv)
+    cli = run_fit(model, data, epochs=opts.epochs, device=device, progress=progress, seed=seed, name=slug,
+                  runs_dir=runs_dir, limit_train_batches=opts.limit_train_batches)  # fmt: skip
     seconds = time.perf_counter() - start
     run = RunDir(cli.run_dir)
     metrics = run.read_metrics()

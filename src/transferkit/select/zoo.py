@@ -131,7 +131,7 @@ class ZooRecipe:
 
 def _fit(member: ZooMember, image_size: int, train_dir: Path, seed: int, device: str, progress: bool) -> Any:
     """``transferkit fit`` of one member into ``train_dir/<name>``; returns the LightningCLI object."""
-    from transferkit.lightning_cli import run_lightning
+    from transferkit.lightning_cli import run_fit
 
     if member.method == "supervised":
         model: dict[str, Any] = {
@@ -166,20 +166,8 @@ def _fit(member: ZooMember, image_size: int, train_dir: Path, seed: int, device:
                 "batch_size": member.batch_size,
             },
         }
-    trainer: dict[str, Any] = {
-        "max_epochs": member.epochs,
-        "accelerator": "gpu" if device.startswith("cuda") else "cpu",
-        "devices": 1,
-        "enable_progress_bar": progress,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "log_every_n_steps": 5,
-    }
-    if member.limit_train_batches is not None:
-        trainer["limit_train_batches"] = member.limit_train_batches
-    argv = ["fit", f"--model={json.dumps(model)}", f"--data={json.dumps(data)}", f"--trainer={json.dumps(trainer)}",
-            "--seed_everything", str(seed), "--name", member.name, "--runs_dir", str(train_dir)]  # fmt: skip
-    return run_lightning(argv)
+    return run_fit(model, data, epochs=member.epochs, device=device, progress=progress, seed=seed, name=member.name,
+                   runs_dir=train_dir, limit_train_batches=member.limit_train_batches)  # fmt: skip
 
 
 def build_member(
