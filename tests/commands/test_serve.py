@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -42,30 +36,10 @@ def artifact(tmp_path_factory):
     return export_run(None, tmp / "ts", "torchscript", loaded=loaded).directory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_serve_smoke_real_uvicorn(artifact):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "transferkit.cli", "serve", "--artifact", str(artifact), "--port", str(port),
-           "--max_batch", "4", "--log_level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not start within 120 s"
-            time.sleep(0.25)
+def test_serve_smoke_real_uvicorn(artifact, tmp_path, serve_process):
+    args = ["--artifact", str(artifact), "--max_batch", "4", "--log_level", "warning"]
+    with serve_process(args, tmp_path / "server.log") as url:
         buf = io.BytesIO()
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, "PNG")
         r = httpx.post(f"{url}/predict", files={"f": ("zero.png", buf.getvalue(), "image/png")}, timeout=30)
@@ -74,13 +48,6 @@ def test_serve_smoke_real_uvicorn(artifact):
         assert bad.status_code == 422
         assert httpx.get(f"{url}/health", timeout=5).json()["images"] == 1
         assert "transferkit_batch_size_count 1.0" in httpx.get(f"{url}/metrics", timeout=5).text
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize(

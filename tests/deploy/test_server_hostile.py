@@ -7,12 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -32,43 +28,14 @@ def png(seed: int, size: int = 32) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(onnx_export, tmp_path_factory):
+def server(onnx_export, tmp_path_factory, serve_process):
     """``transferkit serve`` of the tiny ONNX artifact with an API key and short timeouts; yields its URL."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "transferkit.cli", "serve", "--artifact", str(onnx_export.directory), "--port",
-           str(port), "--log_level", "warning", "--head_timeout_s", "1", "--body_timeout_s", "1", "--api_key", KEY]  # fmt: skip
-    log_file = tmp_path_factory.mktemp("server") / "server.log"
-    log = log_file.open("w")  # the server's output, read by the tests (a pipe could fill up and block it)
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:  # the server goes down even when starting it fails or the module is interrupted
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, log_file.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.25)
+    args = ["--artifact", str(onnx_export.directory), "--log_level", "warning", "--head_timeout_s", "1",
+            "--body_timeout_s", "1", "--api_key", KEY]  # fmt: skip
+    log_file = tmp_path_factory.mktemp("server") / "server.log"  # the server's output, read by the tests
+    with serve_process(args, log_file, {"OMP_NUM_THREADS": "1"}) as url:
         yield url, log_file
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _metric(url: str, name: str) -> float:

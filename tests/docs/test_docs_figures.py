@@ -24,7 +24,11 @@ def test_rank_guide_public_table_priors_reproduce(group):
     summary = evaluate_table(rows, meta)["summary"]
     names = {"prior: mean rank": "prior: mean rank", "prior: parameters": "prior: parameters",
              "random (expectation)": "random"}  # fmt: skip
-    cols = {"weighted_tau": f"group {group} weighted tau", "top1_hit": "top-1 hit", "top1_regret": "top-1 regret"}
+    cols = {
+        "weighted_tau": f"group {group} weighted tau",
+        "top1_hit": "top-1 hit",
+        "top1_regret": "top-1 regret",
+    }
     checked = 0
     for doc_name, ours in names.items():
         if ours not in summary:  # group 2 has no parameter prior (every model is a ResNet-50)
