@@ -30,6 +30,7 @@ from transferkit.select.pipeline import (
     EmbeddingStore,
     LearnedRanker,
     PairFeatures,
+    embed_examples,
     evaluate_lodo,
     model_image_sizes,
     train_learned_ranker,
@@ -137,7 +138,7 @@ def evaluate_ranker(
     per held-out dataset; every training-free score of ``all_rows`` is measured on the same datasets."""
     store = EmbeddingStore(options.embedding, root=store_root, cache_dir=cache_dir)
     ae, make_ranker = trainers_from(options)
-    _, examples, _ = train_learned_ranker(rows, store, ae, make_ranker(), out_dir=None, progress=progress)
+    _, examples, _ = embed_examples(rows, store, ae, progress)  # the rankers train per fold below
     result = evaluate_lodo(
         examples,
         make_ranker,

@@ -323,19 +323,14 @@ def model_image_sizes(rows: Sequence[ResultRow]) -> dict[str, int]:
     return out
 
 
-def train_learned_ranker(
+def embed_examples(
     rows: Sequence[ResultRow],
     store: EmbeddingStore,
     autoencoder_trainer: Any,
-    ranker_trainer: Any,
-    out_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
-    features: PairFeatures | None = None,
-) -> tuple[LearnedRanker, list[RankExample], dict[str, Any]]:
-    """Embed every model (weights -> autoencoder) and dataset (encoder tokens) of ``rows`` (one target) and
-    train the ranker on them, with ``features`` next to the model codes (each list's prior leaves its own
-    dataset out). Returns the bundle (saved to ``out_dir`` when given), the examples (without the features) and
-    both results."""
+) -> tuple[Any, list[RankExample], list[str]]:
+    """Embed every model (weights -> autoencoder, trained here) and dataset (encoder tokens) of ``rows`` (one
+    target). Returns the autoencoder's result, one :class:`RankExample` per dataset and the model names."""
     sizes = model_image_sizes(rows)
     names = sorted(sizes)
     if len(names) < 2:
@@ -345,9 +340,6 @@ def train_learned_ranker(
         if progress is not None:
             progress(f"weights of {n}")
         vectors.append(store.model_vector(n, sizes[n]))
-    if out_dir is not None:
-        autoencoder_trainer.out_dir = Path(out_dir) / "autoencoder"
-        ranker_trainer.out_dir = Path(out_dir) / "ranker"
     ae_result = autoencoder_trainer.fit(np.stack(vectors), names)
     codes = dict(zip(names, ae_result.model.embed(np.stack(vectors))))
     examples = build_examples(
@@ -358,6 +350,25 @@ def train_learned_ranker(
     )
     if not examples:
         raise UserError("no dataset in the performance table has at least 2 models")
+    return ae_result, examples, names
+
+
+def train_learned_ranker(
+    rows: Sequence[ResultRow],
+    store: EmbeddingStore,
+    autoencoder_trainer: Any,
+    ranker_trainer: Any,
+    out_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    features: PairFeatures | None = None,
+) -> tuple[LearnedRanker, list[RankExample], dict[str, Any]]:
+    """:func:`embed_examples`, then the ranker trained on them, with ``features`` next to the model codes (each
+    list's prior leaves its own dataset out). Returns the bundle (saved to ``out_dir`` when given), the examples
+    (without the features) and both results."""
+    if out_dir is not None:
+        autoencoder_trainer.out_dir = Path(out_dir) / "autoencoder"
+        ranker_trainer.out_dir = Path(out_dir) / "ranker"
+    ae_result, examples, names = embed_examples(rows, store, autoencoder_trainer, progress)
     with_features = [features.attach(e, {e.dataset}) for e in examples] if features else examples
     rk_result = ranker_trainer.fit(with_features)
     meta: dict[str, Any] = {
