@@ -7,7 +7,8 @@
   jsonargparse parser is built from the function's signature and docstring when the command runs (so
   ``transferkit --help`` imports nothing heavy): every command has ``--config``, ``--print_config`` and
   dotted overrides (``--probe.epochs 20``); a ``DataSpec`` parameter becomes every
-  ``ImageClassificationDataModule`` option under ``--data.*`` plus ``--data.classes``, with the ``--data X``
+  ``ImageClassificationDataModule`` option (:class:`~transferkit.data.options.DataOptions`, torch-free) under
+  ``--data.*`` plus ``--data.classes``, with the ``--data X``
   shorthand of :func:`transferkit.data.spec.expand_data_shorthand`.
 
 Abbreviated options are refused; an unknown option is one line naming it and its closest valid keys. Any
@@ -198,10 +199,10 @@ def build_command_parser(fn: Callable[..., Any], prog: str, epilog: str | None =
     )
     data, flat = _special_params(fn)
     if data:
-        from transferkit.data.datamodule import ImageClassificationDataModule
+        from transferkit.data.options import DataOptions  # the datamodule's options, without torch
 
         for key in data:
-            parser.add_method_arguments(ImageClassificationDataModule, "__init__", key, fail_untyped=False)
+            parser.add_class_arguments(DataOptions, key, fail_untyped=False)
             parser.add_argument(
                 f"--{key}.classes",
                 type=list[int | str] | None,

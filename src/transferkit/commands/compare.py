@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
+from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions, parse_backbones
 from transferkit.data.spec import DataSpec
 from transferkit.probe.options import ExtractOptions
 
@@ -56,14 +56,15 @@ def compare(
         patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init weights, heads and batch order.
     """
-    from transferkit.compare import parse_backbones, run_compare
+    names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+
+    from transferkit.compare import run_compare
     from transferkit.compare.report import gains_table, pairs_table, pairwise_table, seeds_table
     from transferkit.compare.report import results_table as main_table
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
     from transferkit.utils.console import make_console
 
-    names = parse_backbones(backbones)
     table = ResultsTable.of_runs_dir(runs_dir, results_table) if record_results else None
     console = make_console(soft_wrap=True)  # long paths stay on one line
     run = RunDir.create(runs_dir, name, "compare")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferkit.compare.options import parse_backbones
 from transferkit.data.spec import DataSpec
 from transferkit.probe.options import ExtractOptions
 
@@ -44,10 +45,11 @@ def extract(
         patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init weights.
     """
+    names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+
     from rich.table import Table
 
     from transferkit.backbones import backbone_options, resolve_backbone
-    from transferkit.compare import parse_backbones
     from transferkit.errors import UserError
     from transferkit.probe.cache import default_cache_dir, get_features
     from transferkit.runs import RunDir
@@ -62,7 +64,6 @@ def extract(
     bad = [s for s in splits if s not in ("train", "val", "test")]
     if bad or not splits:
         raise UserError(f"unknown split(s) {bad or splits}; choose from train, val, test")
-    names = parse_backbones(backbones)
     opts = extraction
     dm = data.build()
     run = RunDir.create(runs_dir, name, "extract")

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from transferkit.compare.options import parse_backbones
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.probe.options import ExtractOptions, LogRegConfig
@@ -71,9 +72,10 @@ def rank(
         max_memory_mb: recommend only backbones whose peak memory at the batch size is at most this.
         min_images_per_s: recommend only backbones at least this fast at the batch size.
     """
+    names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+
     from rich.markup import escape
 
-    from transferkit.compare import parse_backbones
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
     from transferkit.select.cost import Budget, plot_cost
@@ -81,7 +83,6 @@ def rank(
     from transferkit.utils.console import make_console
 
     console = make_console()
-    names = parse_backbones(backbones)
     budget = Budget(max_latency_ms, max_memory_mb, min_images_per_s)
     if budget.active and not cost:
         raise UserError("a budget (--max_latency_ms, --max_memory_mb, --min_images_per_s) needs --cost true")
@@ -171,7 +172,8 @@ def benchmark(
         patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of the class subsets, random-init backbones and GMM pseudo-sources.
     """
-    from transferkit.compare import parse_backbones
+    names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+
     from transferkit.report import Report
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
@@ -179,7 +181,6 @@ def benchmark(
     from transferkit.utils.console import make_console
 
     console = make_console()
-    names = parse_backbones(backbones)
     table = ResultsTable.of_runs_dir(runs_dir, results_table)
     run = RunDir.create(runs_dir, name, "rank benchmark")
     run.write_config()
@@ -297,7 +298,6 @@ def train(
         results_table: the results table (default <runs_dir>/performance.json).
         cache_dir: feature cache of the dataset encoder.
     """
-    from transferkit.compare import parse_backbones
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
     from transferkit.select.learned import load_target_rows, train_autoencoder, train_ranker

@@ -14,7 +14,8 @@ from transferkit.utils.lazy import lazy_exports
 #: public names and their modules, imported on first use (``transferkit.compare.options`` stays torch-free)
 _LAZY = {
     **{n: "options" for n in ("FinetuneOptions", "KnnOptions", "ProbeOptions")},
-    **{n: "runner" for n in ("DEFAULT_BACKBONES", "parse_backbones", "result_rows", "run_compare")},
+    **{n: "options" for n in ("DEFAULT_BACKBONES", "parse_backbones")},
+    **{n: "runner" for n in ("result_rows", "run_compare")},
     **{n: "stats" for n in ("fair_pairs", "mcnemar_p", "pretraining_gains", "wilson_ci")},
 }
 

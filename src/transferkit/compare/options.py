@@ -3,6 +3,7 @@ validated when built, so a wrong value fails before any feature is extracted."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from transferkit.backbones.poolings import POOLINGS
@@ -13,6 +14,22 @@ from transferkit.probe.options import (
     DEFAULT_TEMPERATURE,
     DEFAULT_WEIGHT_DECAYS,
 )
+
+DEFAULT_BACKBONES = ("minilm-l6", "minilm-l6:random", "vit-tiny:random")
+
+
+def parse_backbones(value: str | Sequence[str]) -> list[str]:
+    """``'a,b , c'`` or ``['a', 'b,c']`` -> ``['a', 'b', 'c']``; a name given twice is an error."""
+    items = [value] if isinstance(value, str) else list(value)
+    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    if not names:
+        raise UserError(
+            "no backbones given: pass e.g. --backbones minilm-l6,minilm-l6:random,vit-tiny:random"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--backbones names {', '.join(twice)} more than once; list each backbone once")
+    return names
 
 
 @dataclass

@@ -32,7 +32,13 @@ import torch
 
 from transferkit.backbones import backbone_options, resolve_backbone
 from transferkit.backbones.base import Backbone
-from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions
+from transferkit.compare.options import (
+    DEFAULT_BACKBONES,
+    FinetuneOptions,
+    KnnOptions,
+    ProbeOptions,
+    parse_backbones,
+)
 from transferkit.compare.report import build_report, make_plots
 from transferkit.compare.stats import fair_pairs, pairwise_tests, pretraining_gains, seed_summary, wilson_ci
 from transferkit.data.spec import DataSpec
@@ -52,22 +58,6 @@ from transferkit.utils.devices import default_device
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BACKBONES = ("minilm-l6", "minilm-l6:random", "vit-tiny:random")
-
-
-def parse_backbones(value: str | Sequence[str]) -> list[str]:
-    """``'a,b , c'`` or ``['a', 'b,c']`` -> ``['a', 'b', 'c']``; a name given twice is an error."""
-    items = [value] if isinstance(value, str) else list(value)
-    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
-    if not names:
-        raise UserError(
-            "no backbones given: pass e.g. --backbones minilm-l6,minilm-l6:random,vit-tiny:random"
-        )
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UserError(f"--backbones names {', '.join(twice)} more than once; list each backbone once")
-    return names
 
 
 def _probe_layers(bb: Backbone, wanted: Sequence[int], image_size: int) -> list[int]:

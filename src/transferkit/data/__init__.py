@@ -25,7 +25,9 @@ _LAZY = {
             "load_rgb",
         )
     },  # fmt: skip
-    **{n: "transforms" for n in ("AUGMENTS", "build_eval_transform", "build_transform")},
+    "AUGMENTS": "options",
+    "DataOptions": "options",
+    **{n: "transforms" for n in ("build_eval_transform", "build_transform")},
     **{n: "validate" for n in ("DatasetReport", "Issue", "check_dataset")},
 }
 
@@ -39,6 +41,7 @@ __all__ = [
     "ArrayImageDataset",
     "ClassificationDataset",
     "ClassificationSource",
+    "DataOptions",
     "DatasetReport",
     "ImageClassificationDataModule",
     "ImageFileDataset",

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from transferkit.data.options import DEFAULT_RANDAUG, DataOptions
 from transferkit.data.sources import (
-    ON_CORRUPT,
-    SOURCES,
     SPLITS,
     ClassificationDataset,
     ImageFileDataset,
@@ -33,7 +31,7 @@ from transferkit.data.sources import (
     collate_drop_none,
     scan_images,
 )
-from transferkit.data.transforms import AUGMENTS, DEFAULT_RANDAUG, build_transform, describe_transform
+from transferkit.data.transforms import build_transform, describe_transform
 from transferkit.errors import UserError
 
 FINGERPRINT_VERSION = 1
@@ -47,10 +45,6 @@ def shuffling_sampler(dataset: Dataset, trainer: L.Trainer | None, seed: int) ->
     world_size = int(getattr(trainer, "world_size", 1) or 1)
     rank = int(getattr(trainer, "global_rank", 0) or 0)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
-
-#: sources whose images are decoded from files (worth DataLoader workers)
-FILE_SOURCES = ("imagefolder", "csv")
 
 
 class IndexedImages(Dataset):
@@ -104,59 +98,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         predict_path: str | None = None,
     ) -> None:
-        """
-        Args:
-            source: Where the images come from: ``digits`` (built-in sklearn handwritten digits, offline), ``shapes`` or ``textures`` (generated, offline),
-                ``imagefolder`` (``path/{train,val[,test]}/<class>/<image>``), ``csv`` (a
-                ``path,label[,split]`` file), ``cifar10`` or ``cifar100``
-                (torchvision's on-disk format under ``path``).
-            path: Dataset folder, CSV file or CIFAR folder; unused for ``digits``.
-            image_size: Side length in pixels of the square images fed to the model.
-            batch_size: Training batch size (per device).
-            eval_batch_size: Validation/test/predict batch size; defaults to ``batch_size``.
-            num_workers: DataLoader worker processes (0 = load in the main process); None: images read from
-                files (``imagefolder``, ``csv``) decode in ``min(4, cpus - 1)`` workers, in-memory sources
-                (``digits``, CIFAR) load in the main process.
-            augment: Training augmentation: ``none``, ``basic`` (random resized crop + flip) or ``randaug``
-                (timm RandAugment recipe). Evaluation never augments.
-            randaug: timm RandAugment config string for ``augment=randaug``.
-            hflip: Horizontal-flip probability for ``basic``/``randaug``; default 0.5, except 0 for ``digits``
-                (a mirrored digit is not the same digit).
-            crop_pct: Evaluation center-crop fraction (resize the shorter side to ``image_size / crop_pct``,
-                then crop ``image_size``); 1.0 keeps the whole image, 0.875 is the ImageNet convention.
-            crop_scale: Area range ``(min, max)`` of the random resized crop for ``basic``/``randaug``.
-            val_fraction: Fraction of train held out as validation (stratified, fixed seed) when the source
-                has no validation split (``imagefolder`` without ``val/``, CSV without ``val`` rows);
-                CIFAR defaults to 0.1.
-            on_corrupt: What an unreadable image does: ``error`` (stop, naming the file) or ``skip`` (drop it
-                from its batch with a warning).
-            download: Download CIFAR into ``path`` if missing (needs internet).
-            seed: Seed of the training order; the order of epoch ``e`` depends only on ``(seed, e)``.
-            drop_last: Drop the last incomplete training batch.
-            pin_memory: Pin host memory for faster GPU transfer; default: when CUDA is available.
-            persistent_workers: Keep loader workers alive between epochs (only with ``num_workers > 0``).
-            predict_path: A folder of images (any depth, labels ignored) that ``transferkit predict``
-                classifies; None: the test split.
-        """
+        # the docstring is DataOptions' (set below the class)
         super().__init__()
         self.save_hyperparameters()
-        if source not in SOURCES:
-            raise UserError(f"unknown data.source '{source}'; choose one of {list(SOURCES)}")
-        if augment not in AUGMENTS:
-            raise UserError(f"unknown data.augment '{augment}'; choose one of {list(AUGMENTS)}")
-        if on_corrupt not in ON_CORRUPT:
-            raise UserError(f"data.on_corrupt must be one of {list(ON_CORRUPT)}, got '{on_corrupt}'")
-        for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1)):
-            if int(value) < low:
-                raise UserError(f"data.{name} must be >= {low}, got {value}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise UserError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
-        if num_workers is None:
-            num_workers = min(4, (os.cpu_count() or 1) - 1) if source in FILE_SOURCES else 0
-        if num_workers < 0:
-            raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
-        if hflip is None:
-            hflip = 0.0 if source == "digits" else 0.5
+        options = DataOptions(**{k: self.hparams[k] for k in DataOptions.__dataclass_fields__})
+        options.check()
+        num_workers, hflip = options.resolved_num_workers(), options.resolved_hflip()
 
         self.source_name = source
         self.image_size = int(image_size)
@@ -307,3 +254,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
                 for split, ds in splits.items()
             },
         }
+
+
+#: one description of the options, shared with the torch-free parsers of the other commands
+ImageClassificationDataModule.__init__.__doc__ = DataOptions.__doc__

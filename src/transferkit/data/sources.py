@@ -39,15 +39,11 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from transferkit.data.options import ON_CORRUPT, SOURCES, SPLITS
 from transferkit.errors import DatasetError, UserError
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-SOURCES = ("digits", "shapes", "textures", "imagefolder", "csv", "cifar10", "cifar100")
-#: built-in sources held in memory, no path
-BUILTIN_SOURCES = ("digits", "shapes", "textures")
-ON_CORRUPT = ("error", "skip")
 SPLIT_SEED = 0
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

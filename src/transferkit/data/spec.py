@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.data.options import SOURCES, SPLITS, DataOptions
 from transferkit.errors import UserError
 
-SPLITS = ("train", "val", "test")
 #: shorthand sources of ``--data X``
-DATA_SOURCES = ("digits", "shapes", "textures", "imagefolder", "csv", "cifar10", "cifar100")
+DATA_SOURCES = SOURCES
 
 
 @dataclass
@@ -43,6 +43,12 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         self.init_args = dict(self.init_args)
+        unknown = sorted(set(self.init_args) - set(DataOptions.__dataclass_fields__))
+        if unknown:
+            raise UserError(
+                f"unknown data option(s) {unknown}; the options are {list(DataOptions.__dataclass_fields__)}"
+            )
+        DataOptions(**self.init_args).check()  # bad values fail here, before torch loads
         if self.classes is not None:
             self.classes = [str(c) for c in self.classes]
             if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
@@ -71,15 +77,11 @@ class DataSpec:
 
     @property
     def image_size(self) -> int:
-        from transferkit.data.datamodule import ImageClassificationDataModule
-
-        return int(self.init_args.get("image_size") or _default(ImageClassificationDataModule, "image_size"))
+        return int(self.init_args.get("image_size") or DataOptions.image_size)
 
     @property
     def source(self) -> str:
-        from transferkit.data.datamodule import ImageClassificationDataModule
-
-        return str(self.init_args.get("source") or _default(ImageClassificationDataModule, "source"))
+        return str(self.init_args.get("source") or DataOptions.source)
 
     def subset_indices(self, split: str, datamodule: Any = None) -> np.ndarray:
         """Indices of ``split`` items whose class is in ``classes`` (all items when there is no subset)."""
@@ -156,12 +158,6 @@ class DataSpec:
             "counts": counts,
             "test_is_val": dm.data_source.splits()["test"] is dm.data_source.splits()["val"],
         }
-
-
-def _default(cls: type, name: str) -> Any:
-    import inspect
-
-    return inspect.signature(cls.__init__).parameters[name].default
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,10 +21,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode, v2
 
+from transferkit.data.options import AUGMENTS, DEFAULT_RANDAUG
 from transferkit.errors import UserError
-
-AUGMENTS = ("none", "basic", "randaug")
-DEFAULT_RANDAUG = "rand-m9-mstd0.5-inc1"
 
 Transform = Callable[..., torch.Tensor]
 

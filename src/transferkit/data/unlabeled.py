@@ -33,10 +33,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
 
 from transferkit.data.datamodule import shuffling_sampler
+from transferkit.data.options import BUILTIN_SOURCES, ON_CORRUPT, SOURCES
 from transferkit.data.sources import (
-    BUILTIN_SOURCES,
-    ON_CORRUPT,
-    SOURCES,
     ClassificationDataset,
     ImageFileDataset,
     build_source,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,12 +32,12 @@ import torch
 from torch import nn
 
 from transferkit.errors import UserError
+from transferkit.select.options import AutoencoderConfig
 
 log = logging.getLogger(__name__)
 
 NUM_STATS = 8
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU}
-LOSSES = ("mse", "smoothl1")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -137,47 +136,6 @@ def weight_statistics(
 
 
 # ---------------------------------------------------------------------------------------------- autoencoder
-@dataclass
-class AutoencoderConfig:
-    """Shape and loss of :class:`WeightAutoencoder`.
-
-    Args:
-        input_dim: length of the weight-statistics vectors (None: taken from the data when training).
-        hidden: widths of the encoder's hidden layers (the decoder mirrors them).
-        code_dim: length of the code (the model embedding).
-        activation: ``gelu``, ``relu`` or ``leakyrelu``.
-        dropout: dropout after each hidden activation.
-        loss: reconstruction loss, ``mse`` or ``smoothl1``.
-        l1_code: weight of an L1 penalty on the code (0 = none).
-    """
-
-    input_dim: int | None = None
-    hidden: list[int] = field(default_factory=lambda: [1024])
-    code_dim: int = 512
-    activation: str = "gelu"
-    dropout: float = 0.1
-    loss: str = "mse"
-    l1_code: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.activation = self.activation.lower().replace("_", "")
-        if self.activation not in ACTIVATIONS:
-            raise UserError(f"unknown activation '{self.activation}'; choose one of {list(ACTIVATIONS)}")
-        self.loss = self.loss.lower().replace("_", "")
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown loss '{self.loss}'; choose one of {list(LOSSES)}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.l1_code < 0:
-            raise UserError(f"l1_code must be >= 0, got {self.l1_code}")
-        self.hidden = [int(h) for h in self.hidden]
-        if any(h < 1 for h in [*self.hidden, self.code_dim, self.input_dim or 1]):
-            raise UserError("autoencoder widths must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _mlp(widths: Sequence[int], activation: str, dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):

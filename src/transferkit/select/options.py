@@ -1,16 +1,131 @@
 """Options of the learned ranker (``--ranker.*`` of ``transferkit rank train`` / ``rank evaluate``): plain data,
-shared by the trainers (:mod:`transferkit.select.trainers`) and the commands."""
+shared by the trainers (:mod:`transferkit.select.trainers`) and the commands, in a module that imports neither
+torch nor lightning (so ``--help`` comes back before they load)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from transferkit.errors import UserError
-from transferkit.select.model_embed import AutoencoderConfig
-from transferkit.select.pipeline import RANKER_FEATURES, EmbeddingSettings
-from transferkit.select.ranker import RANK_LOSSES, RankerConfig
 
 SCHEDULERS = ("plateau", "cosine", "none")
+#: activations of the weight autoencoder (:data:`transferkit.select.model_embed.ACTIVATIONS` maps them to modules)
+ACTIVATION_NAMES = ("gelu", "relu", "leakyrelu")
+#: reconstruction losses of the weight autoencoder
+LOSSES = ("mse", "smoothl1")
+#: the ranker's list losses
+RANK_LOSSES = ("listmle", "pairwise")
+
+
+#: per (model, dataset) inputs the ranker can take (:class:`transferkit.select.pipeline.PairFeatures`)
+RANKER_FEATURES = ("scores", "prior")
+
+
+@dataclass
+class AutoencoderConfig:
+    """Shape and loss of :class:`WeightAutoencoder`.
+
+    Args:
+        input_dim: length of the weight-statistics vectors (None: taken from the data when training).
+        hidden: widths of the encoder's hidden layers (the decoder mirrors them).
+        code_dim: length of the code (the model embedding).
+        activation: ``gelu``, ``relu`` or ``leakyrelu``.
+        dropout: dropout after each hidden activation.
+        loss: reconstruction loss, ``mse`` or ``smoothl1``.
+        l1_code: weight of an L1 penalty on the code (0 = none).
+    """
+
+    input_dim: int | None = None
+    hidden: list[int] = field(default_factory=lambda: [1024])
+    code_dim: int = 512
+    activation: str = "gelu"
+    dropout: float = 0.1
+    loss: str = "mse"
+    l1_code: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.activation = self.activation.lower().replace("_", "")
+        if self.activation not in ACTIVATION_NAMES:
+            raise UserError(f"unknown activation '{self.activation}'; choose one of {list(ACTIVATION_NAMES)}")
+        self.loss = self.loss.lower().replace("_", "")
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown loss '{self.loss}'; choose one of {list(LOSSES)}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.l1_code < 0:
+            raise UserError(f"l1_code must be >= 0, got {self.l1_code}")
+        self.hidden = [int(h) for h in self.hidden]
+        if any(h < 1 for h in [*self.hidden, self.code_dim, self.input_dim or 1]):
+            raise UserError("autoencoder widths must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EmbeddingSettings:
+    """How models and datasets are embedded (stored with a trained ranker, reused at inference).
+
+    Args:
+        encoder: dataset encoder backbone (``auto``: CLIP/SigLIP when cached locally, else ``minilm-l6``).
+        max_samples: images per dataset token set (class-balanced).
+        stats_dim: weight-statistics vector length.
+        stats_slots: depth slots of the weight statistics.
+        seed: seed of the class-balanced sample.
+    """
+
+    encoder: str = "auto"
+    max_samples: int = 128
+    stats_dim: int = 8192
+    stats_slots: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        per_slot = self.stats_dim // max(1, self.stats_slots)
+        if self.stats_slots < 1 or self.stats_dim % self.stats_slots or per_slot % 2 or per_slot // 2 <= 8:
+            raise UserError(
+                f"stats_dim ({self.stats_dim}) must be stats_slots ({self.stats_slots}) x an even per-slot width "
+                "> 16 (e.g. 8192 = 64 x 128, 1024 = 16 x 64)"
+            )
+        if self.max_samples < 2:
+            raise UserError(f"max_samples must be >= 2, got {self.max_samples}")
+
+
+@dataclass
+class RankerConfig:
+    """Shape of :class:`RankingTransformer`.
+
+    Args:
+        model_dim: length of a model embedding (the autoencoder's code; None: taken from the data).
+        data_dim: width of a dataset token (the encoder's embedding; None: taken from the data).
+        d_model: transformer width.
+        heads: attention heads.
+        layers: decoder layers (model queries: self-attention + cross-attention to the dataset).
+        encoder_layers: self-attention layers over the dataset tokens before they serve as memory.
+        ff_mult: feed-forward width as a multiple of ``d_model``.
+        dropout: dropout in attention and feed-forward blocks.
+    """
+
+    model_dim: int | None = None
+    data_dim: int | None = None
+    d_model: int = 64
+    heads: int = 4
+    layers: int = 2
+    encoder_layers: int = 1
+    ff_mult: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise UserError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if min(self.model_dim or 1, self.data_dim or 1, self.d_model, self.layers, self.ff_mult) < 1:
+            raise UserError("ranker widths, layers and ff_mult must be positive")
+        if self.encoder_layers < 0 or not 0 <= self.dropout < 1:
+            raise UserError("encoder_layers must be >= 0 and dropout in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

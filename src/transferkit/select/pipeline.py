@@ -31,6 +31,7 @@ from transferkit.results import ResultRow, values_by_dataset
 from transferkit.select.dataset_embed import class_balanced_indices, resolve_encoder
 from transferkit.select.evaluate import LodoResult, leave_one_dataset_out, mean_rank_prior
 from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
+from transferkit.select.options import RANKER_FEATURES, EmbeddingSettings
 from transferkit.select.ranker import RankExample, RankingTransformer, predict_scores
 from transferkit.utils.io import atomic_write_json
 
@@ -38,35 +39,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- store
-@dataclass
-class EmbeddingSettings:
-    """How models and datasets are embedded (stored with a trained ranker, reused at inference).
-
-    Args:
-        encoder: dataset encoder backbone (``auto``: CLIP/SigLIP when cached locally, else ``minilm-l6``).
-        max_samples: images per dataset token set (class-balanced).
-        stats_dim: weight-statistics vector length.
-        stats_slots: depth slots of the weight statistics.
-        seed: seed of the class-balanced sample.
-    """
-
-    encoder: str = "auto"
-    max_samples: int = 128
-    stats_dim: int = 8192
-    stats_slots: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        per_slot = self.stats_dim // max(1, self.stats_slots)
-        if self.stats_slots < 1 or self.stats_dim % self.stats_slots or per_slot % 2 or per_slot // 2 <= 8:
-            raise UserError(
-                f"stats_dim ({self.stats_dim}) must be stats_slots ({self.stats_slots}) x an even per-slot width "
-                "> 16 (e.g. 8192 = 64 x 128, 1024 = 16 x 64)"
-            )
-        if self.max_samples < 2:
-            raise UserError(f"max_samples must be >= 2, got {self.max_samples}")
-
-
 class EmbeddingStore:
     """Weight vectors and dataset token sets, computed once and cached under ``root`` (None: in memory)."""
 
@@ -151,9 +123,6 @@ class EmbeddingStore:
 
 # ---------------------------------------------------------------------------------------------- pair features
 #: what :class:`PairFeatures` can put next to a model's embedding
-RANKER_FEATURES = ("scores", "prior")
-
-
 def standardized_columns(columns: Sequence[Mapping[str, float]], models: Sequence[str]) -> np.ndarray:
     """``(M, F)``: column ``f`` holds ``columns[f][model]`` z-scored over the list's models that have a finite
     value (a constant column gives 0); a model without a value gets 0, the list's mean."""

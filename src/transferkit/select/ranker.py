@@ -28,7 +28,7 @@ Both are written here: neither torch nor a maintained library we depend on ships
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,44 +36,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import UserError
-
-RANK_LOSSES = ("listmle", "pairwise")
-
-
-@dataclass
-class RankerConfig:
-    """Shape of :class:`RankingTransformer`.
-
-    Args:
-        model_dim: length of a model embedding (the autoencoder's code; None: taken from the data).
-        data_dim: width of a dataset token (the encoder's embedding; None: taken from the data).
-        d_model: transformer width.
-        heads: attention heads.
-        layers: decoder layers (model queries: self-attention + cross-attention to the dataset).
-        encoder_layers: self-attention layers over the dataset tokens before they serve as memory.
-        ff_mult: feed-forward width as a multiple of ``d_model``.
-        dropout: dropout in attention and feed-forward blocks.
-    """
-
-    model_dim: int | None = None
-    data_dim: int | None = None
-    d_model: int = 64
-    heads: int = 4
-    layers: int = 2
-    encoder_layers: int = 1
-    ff_mult: int = 2
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.heads:
-            raise UserError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if min(self.model_dim or 1, self.data_dim or 1, self.d_model, self.layers, self.ff_mult) < 1:
-            raise UserError("ranker widths, layers and ff_mult must be positive")
-        if self.encoder_layers < 0 or not 0 <= self.dropout < 1:
-            raise UserError("encoder_layers must be >= 0 and dropout in [0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from transferkit.select.options import RANK_LOSSES, RankerConfig
 
 
 class RankingTransformer(nn.Module):
