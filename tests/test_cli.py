@@ -410,3 +410,50 @@ def test_help_and_argument_errors_come_back_before_torch_loads():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == f"ok {len(STARTUP_ROWS)}"
+
+
+@pytest.mark.parametrize(
+    ("world", "argv", "message"),
+    [
+        (
+            "2",
+            ["compare", "--finetune", "{}", "--devices", "2"],
+            "compare --finetune trains in one process, but a launcher",
+        ),
+        ("2", ["rank", "zoo"], "rank zoo trains in one process"),
+        ("2", ["rank", "train", "ranker"], "rank train trains in one process"),
+        (
+            "2",
+            ["extract", "--strategy", "ddp_spawn", "--devices", "2"],
+            "--strategy ddp_spawn starts its own",
+        ),
+        (
+            "4",
+            ["extract", "--devices", "2"],
+            "a launcher started 4 processes but --devices 2 x --num_nodes 1 is 2",
+        ),
+        (None, ["extract", "--num_nodes", "2"], "--num_nodes 2 needs the command started on every node"),
+        (
+            None,
+            ["compare", "--strategy", "ddp", "--devices", "2"],
+            "--strategy ddp runs in processes a launcher",
+        ),
+        (
+            None,
+            ["rank", "--backbones", "vit-micro", "--strategy", "deepspeed"],
+            "unknown --strategy 'deepspeed'; extraction is data-parallel",
+        ),
+    ],
+)
+def test_distributed_mistakes_are_one_line_errors_before_any_work(
+    monkeypatch, tmp_path, capsys, world, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if world is not None:
+        monkeypatch.setenv("WORLD_SIZE", world)
+        monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists()  # nothing was started

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from transferkit.errors import OneLineErrors, UserError, user_error_in
+from transferkit.utils.ranks import is_rank_zero
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 #: command -> (target, one-line help); a target is ``module:function`` or {subcommand: target}, where the
@@ -93,7 +94,8 @@ def setup_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(os.environ.get("TRANSFERKIT_LOG", "INFO"))
+        # under a launcher every process runs the command; rank 0 speaks, the others only warn
+        log.setLevel(os.environ.get("TRANSFERKIT_LOG", "INFO") if is_rank_zero() else "WARNING")
         log.propagate = False
     # Lightning prints an advertisement for a cloud logger on every Trainer; it says nothing about the run
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_cloud_logger_tip)

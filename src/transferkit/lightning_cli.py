@@ -33,6 +33,7 @@ from transferkit.errors import OneLineErrors, UserError, user_error_in
 from transferkit.runs import RunDir, check_run_name
 from transferkit.tasks.protocol import DATA_LINKS, Task, check_task
 from transferkit.utils.console import make_console
+from transferkit.utils.ranks import refuse_training_under_launcher
 
 log = logging.getLogger("transferkit")
 
@@ -144,6 +145,7 @@ def run_fit(
 ) -> Any:
     """``transferkit fit`` called from Python (compare's fine-tunes, the zoo's members): ``model`` and ``data`` as
     ``class_path``/``init_args`` dicts, one device, no sanity check or model summary; returns the LightningCLI."""
+    refuse_training_under_launcher(f"the fit of '{name}'")
     trainer: dict[str, Any] = {
         "max_epochs": epochs,
         "accelerator": "gpu" if str(device).startswith("cuda") else "cpu",

@@ -32,6 +32,7 @@ from typing import Any
 
 from transferkit.errors import UserError
 from transferkit.utils.io import atomic_write_json, file_lock
+from transferkit.utils.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,11 @@ class ResultsTable:
         ]
 
     def append(self, rows: Iterable[ResultRow], replace: bool = True) -> Path:
-        """Append ``rows`` under the lock; with ``replace``, earlier rows with the same identity go."""
+        """Append ``rows`` under the lock; with ``replace``, earlier rows with the same identity go (only global
+        rank 0 of a launcher-started job writes: every rank computed the same rows)."""
         rows = list(rows)
+        if not is_rank_zero():
+            return self.path
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             table = self._load()
             keys = {r.identity() for r in rows}

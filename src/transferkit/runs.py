@@ -18,9 +18,12 @@ started at once with the same name always get two folders (an exclusive ``mkdir`
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +34,7 @@ from typing import Any
 
 from transferkit.errors import UserError
 from transferkit.utils.io import atomic_write_json, atomic_write_text, file_lock
+from transferkit.utils.ranks import global_rank, is_rank_zero
 
 _COMMAND_CONFIG: ContextVar[str | None] = ContextVar("transferkit_command_config", default=None)
 _CREATED: ContextVar[list[RunDir] | None] = ContextVar("transferkit_created_runs", default=None)
@@ -103,6 +107,9 @@ class RunDir:
         """
         name = check_run_name(name)
         root = Path(runs_dir).expanduser()
+        if not is_rank_zero():  # a launcher runs the command in every process: rank 0's run is the run
+            root = Path(tempfile.mkdtemp(prefix=f"transferkit-rank{global_rank()}-"))
+            atexit.register(shutil.rmtree, root, True)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -13,6 +13,7 @@ from typing import Any
 from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions, parse_backbones
 from transferkit.data.spec import DataSpec
 from transferkit.probe.options import ExtractOptions
+from transferkit.utils.ranks import refuse_training_under_launcher
 
 
 def compare(
@@ -57,6 +58,9 @@ def compare(
         seed: seed of random-init weights, heads and batch order.
     """
     names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+    extraction.check_distributed()
+    if finetune is not None:
+        refuse_training_under_launcher("compare --finetune")
 
     from transferkit.compare import run_compare
     from transferkit.compare.report import gains_table, pairs_table, pairwise_table, seeds_table

@@ -46,6 +46,7 @@ def extract(
         seed: seed of random-init weights.
     """
     names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+    extraction.check_distributed()
 
     from rich.table import Table
 

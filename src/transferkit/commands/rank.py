@@ -18,6 +18,7 @@ from transferkit.errors import UserError
 from transferkit.probe.options import ExtractOptions, LogRegConfig
 from transferkit.select.options import LearnedRankerOptions
 from transferkit.select.zoo import ZooRecipe
+from transferkit.utils.ranks import refuse_training_under_launcher
 
 
 def _slug(text: str) -> str:
@@ -73,6 +74,7 @@ def rank(
         min_images_per_s: recommend only backbones at least this fast at the batch size.
     """
     names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+    extraction.check_distributed()
 
     from rich.markup import escape
 
@@ -173,6 +175,7 @@ def benchmark(
         seed: seed of the class subsets, random-init backbones and GMM pseudo-sources.
     """
     names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
+    extraction.check_distributed()
 
     from transferkit.report import Report
     from transferkit.results import ResultsTable
@@ -237,6 +240,8 @@ def zoo(
         extraction: feature extraction and cache (--cache_dir, --batch_size, --device, ...).
         seed: seed of the pretraining, the class subsets and the GMM pseudo-sources.
     """
+    refuse_training_under_launcher("rank zoo")  # before any work
+    extraction.check_distributed()
     from pathlib import Path
 
     from transferkit.report import Report
@@ -298,6 +303,7 @@ def train(
         results_table: the results table (default <runs_dir>/performance.json).
         cache_dir: feature cache of the dataset encoder.
     """
+    refuse_training_under_launcher("rank train")  # before any work
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
     from transferkit.select.learned import load_target_rows, train_autoencoder, train_ranker
@@ -378,6 +384,7 @@ def evaluate(
         results_table: the results table (default <runs_dir>/performance.json).
         cache_dir: feature cache of the dataset encoder.
     """
+    refuse_training_under_launcher("rank evaluate")  # before any work
     from transferkit.report import Report
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir

@@ -41,6 +41,7 @@ reproducible model whose features are cached like any other.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -62,7 +63,7 @@ from torch.utils.data import DataLoader
 from transferkit.backbones import BackboneConfig, resolve_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
-from transferkit.probe.distributed import extract_sharded
+from transferkit.probe.distributed import extract_on_ranks, extract_sharded, launched_fabric, resolve_mode
 from transferkit.probe.options import PRECISIONS, ExtractOptions  # noqa: F401  (re-exported)
 from transferkit.utils.devices import default_device, resolve_device
 from transferkit.utils.digest import tensors_digest
@@ -668,6 +669,8 @@ def get_features(
     seed: int | None = 0,
     progress: bool = True,
     devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     accelerator: str = "auto",
     **backbone_options: Any,
 ) -> FeatureSet:
@@ -695,8 +698,10 @@ def get_features(
         refresh: ignore (and overwrite) a cached entry.
         seed: seed of the random-init parts when the backbone is built here from a name/config.
         progress: show a progress bar.
-        devices, accelerator: extract with ``devices`` processes through Lightning Fabric
-            (:mod:`transferkit.probe.distributed`); the entry is the same as with one.
+        devices, num_nodes, strategy, accelerator: extract with ``devices`` processes per node through
+            Lightning Fabric (:mod:`transferkit.probe.distributed`): started here (``ddp_spawn``) or by a
+            launcher on ``num_nodes`` machines (``ddp``; every rank calls this function, rank 0 commits the
+            entry, all return it); the entry is the same as with one process.
         backbone_options: :class:`BackboneConfig` fields when ``backbone`` is a name (e.g. ``patch_size``).
 
     Returns:
@@ -753,7 +758,14 @@ def get_features(
         log.info("feature cache hit: %s %s (%s)", bb.name, split, found)
         return FeatureSet(labels, {**meta, "cache_hit": True}, found, arr).view(pooling, layers)
 
-    if cache and not refresh:
+    mode = resolve_mode(devices, num_nodes, strategy)
+    fabric = launched_fabric(accelerator, devices, num_nodes) if mode == "launched" else None
+    rank0 = fabric is None or fabric.global_rank == 0
+    if fabric is not None and not cache:
+        raise UserError(
+            "a launcher-started extraction needs the feature cache (in a folder every node sees): drop cache=False"
+        )
+    if cache and not refresh and fabric is None:  # under a launcher rank 0 alone decides (below)
         hit = cached()
         if hit is not None:
             return hit
@@ -761,6 +773,8 @@ def get_features(
     batch_size = int(batch_size or getattr(datamodule, "eval_batch_size", None) or 128)
     workers = int(num_workers if num_workers is not None else getattr(datamodule, "num_workers", 0))
     dataset = datamodule.dataset(split)
+    if fabric is not None:
+        device = fabric.device
     common: dict[str, Any] = dict(
         layers=layers,
         summaries=summaries,
@@ -772,24 +786,17 @@ def get_features(
         description=f"{bb.name} {split}",
     )
 
-    sharded = devices > 1
-
     def one_pass(
         fmt: str, shard_dir: Path | None, **kw: Any
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        if not sharded:
-            return extract_summaries(bb, dataset, storage=fmt, **common, **kw)
         opts = {k: v for k, v in common.items() if k != "device"}
-        return extract_sharded(
-            extract_summaries,
-            bb,
-            dataset,
-            shard_dir,
-            devices=devices,
-            accelerator=accelerator,
-            storage=fmt,
-            **opts,
-        )
+        if mode == "launched":
+            return extract_on_ranks(fabric, extract_summaries, bb, dataset, shard_dir, storage=fmt,
+                                    overflow=StorageOverflow, **opts)  # fmt: skip
+        if mode == "spawn":
+            return extract_sharded(extract_summaries, bb, dataset, shard_dir, devices=devices,
+                                   accelerator=accelerator, storage=fmt, overflow=StorageOverflow, **opts)  # fmt: skip
+        return extract_summaries(bb, dataset, storage=fmt, **common, **kw)
 
     def extract(
         shard_dir: Path | None = None, **kw: Any
@@ -797,12 +804,11 @@ def get_features(
         """One pass in ``storage``; a float16 overflow does the pass again in float32 (rare: said once)."""
         try:
             return (*one_pass(storage, shard_dir, **kw), storage)
-        except Exception as e:  # StorageOverflow, or the same raised in a process Fabric started
-            if not (isinstance(e, StorageOverflow) or "StorageOverflow" in str(e)):
-                raise
-            log.warning(
-                "%s %s: a value is beyond float16's range; storing this entry in float32", bb.name, split
-            )
+        except StorageOverflow:
+            if rank0:
+                log.warning(
+                    "%s %s: a value is beyond float16's range; storing this entry in float32", bb.name, split
+                )
             return (*one_pass("float32", shard_dir, **kw), "float32")
 
     if not cache:
@@ -816,42 +822,52 @@ def get_features(
     entry_name = _entry_name(layers, summaries)
     final = key_dir / entry_name
     # one writer per key at a time: a second run of the same backbone on the same data waits here, then
-    # reads the first one's entry instead of extracting again
-    with file_lock(key_dir / LOCK_FILE):
-        _remove_orphans(key_dir)
-        if not refresh:
-            hit = cached()
-            if hit is not None:
-                return hit
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name}.", suffix=".tmp", dir=key_dir))
+    # reads the first one's entry instead of extracting again (under a launcher: rank 0 holds the lock, says
+    # whether the entry is there, and every rank writes its shard into the folder it names)
+    with contextlib.ExitStack() as locked:
+        tmp: Path | None = None
+        hit = None
+        if rank0:
+            locked.enter_context(file_lock(key_dir / LOCK_FILE))
+            _remove_orphans(key_dir)
+            hit = None if refresh else cached()
+            if hit is None:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name}.", suffix=".tmp", dir=key_dir))
+        if fabric is not None:
+            shared = fabric.broadcast(None if tmp is None else str(tmp))
+            tmp = None if shared is None else Path(shared)
+            if tmp is None and not rank0:
+                hit = cached()
+        if hit is not None or tmp is None:
+            if hit is None:
+                raise UserError(f"the cache entry {final} that rank 0 found cannot be read on this node")
+            return hit
         try:
 
             def allocate(shape: tuple[int, ...], dt: Any) -> np.ndarray:
                 return np.lib.format.open_memmap(tmp / "summaries.npy", mode="w+", dtype=dt, shape=shape)
 
-            if sharded:  # the ranks' shards are assembled into tmp/summaries.npy
+            if mode != "single":  # the ranks' shards are assembled into tmp/summaries.npy
                 arr, labels, timing, stored = extract(tmp)
             else:
                 arr, labels, timing, stored = extract(allocate=allocate)
-            if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
-                arr.flush()
-                del arr
-            else:  # unreadable images were skipped: store only the kept rows
-                kept = np.array(arr)
-                del arr  # close the memmap before overwriting its file
-                np.save(tmp / "summaries.npy", kept)
-            np.save(tmp / "labels.npy", labels)
             meta = _extraction_meta({**base_meta, "storage": stored}, layers, summaries, timing, batch_size, device,
                                     cached=True)  # fmt: skip
-            atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks a complete entry
-            if (
-                final.exists()
-            ):  # refresh, or an unreadable entry: replace it (no other writer: we hold the lock)
-                shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            if rank0:
+                if isinstance(arr, np.memmap) and arr.shape[0] == len(dataset):
+                    arr.flush()
+                    del arr
+                else:  # unreadable images were skipped: store only the kept rows
+                    kept = np.array(arr)
+                    del arr  # close the memmap before overwriting its file
+                    np.save(tmp / "summaries.npy", kept)
+                _commit(tmp, final, labels, meta)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if rank0:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
+    if fabric is not None:
+        fabric.barrier()  # rank 0 has committed the entry
     loaded = _load_entry(final)
     assert loaded is not None, final
     arr, labels, stored_meta = loaded
@@ -871,6 +887,16 @@ def get_features(
         "extract_seconds": meta["extract_seconds"],
     }
     return FeatureSet(labels, {**meta, "cache_hit": False}, final, arr).view(pooling, layers)
+
+
+def _commit(tmp: Path, final: Path, labels: np.ndarray, meta: dict[str, Any]) -> None:
+    """Complete the entry in ``tmp`` (its summaries are written: labels, then ``meta.json``, whose presence marks
+    a complete entry) and move it to ``final`` (the caller holds the key's lock)."""
+    np.save(tmp / "labels.npy", labels)
+    atomic_write_json(tmp / "meta.json", meta)
+    if final.exists():  # refresh, or an unreadable entry: replace it (no other writer: we hold the lock)
+        shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
 
 
 def _extraction_meta(

@@ -4,15 +4,21 @@ come back before those load."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from transferkit.errors import UserError
+from transferkit.utils.ranks import launched_world
 
 #: compute precisions of an extraction; ``auto`` is bfloat16 autocast where the device runs it fast
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: strategies of a distributed extraction: it is data-parallel (every process holds the whole frozen backbone and
+#: a block of the images), so Lightning's ``ddp_spawn`` (the command starts one process per device) or ``ddp``
+#: (a launcher, torchrun, started the processes, on one node or several); ``auto`` picks the one that applies
+EXTRACT_STRATEGIES = ("auto", "ddp_spawn", "ddp")
 #: how stored summaries are kept on disk (``probe.cache.STORAGES`` maps them to numpy dtypes)
 STORAGE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -24,6 +30,36 @@ DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
 #: the kNN protocol's neighbour counts and temperature (DINOv2's ``knn.py``)
 DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
+
+
+def resolve_mode(devices: int, num_nodes: int, strategy: str) -> str:
+    """``single`` (one process), ``spawn`` (this command starts ``devices`` processes) or ``launched`` (a
+    launcher started ``devices x num_nodes``); a combination that cannot work is a one-line error."""
+    world = launched_world()
+    if world > 1:
+        if strategy == "ddp_spawn":
+            raise UserError(
+                f"--strategy ddp_spawn starts its own processes, but a launcher started this job ({world} "
+                "processes, WORLD_SIZE): use --strategy ddp (or auto)"
+            )
+        if devices * num_nodes != world:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", devices))
+            raise UserError(
+                f"a launcher started {world} processes but --devices {devices} x --num_nodes {num_nodes} is "
+                f"{devices * num_nodes}: pass --devices {local} --num_nodes {max(1, world // max(1, local))}"
+            )
+        return "launched"
+    if strategy == "ddp":
+        raise UserError(
+            "--strategy ddp runs in processes a launcher started (torchrun ... transferkit ...); without one, use "
+            "--strategy auto (this command starts one process per device)"
+        )
+    if num_nodes > 1:
+        raise UserError(
+            f"--num_nodes {num_nodes} needs the command started on every node by a launcher (torchrun --nnodes "
+            f"{num_nodes} --nproc_per_node {devices} ... transferkit ... --num_nodes {num_nodes})"
+        )
+    return "spawn" if devices > 1 else "single"
 
 
 @dataclass
@@ -43,10 +79,14 @@ class ExtractOptions:
             that entry in float32), ``bfloat16`` or ``float32``; part of the cache key.
         refresh_cache: re-extract even when cached (and overwrite the entry).
         progress: show progress bars.
-        devices: extract with this many processes (one per device) through Lightning Fabric (``ddp_spawn``):
-            the images are cut into one contiguous block per process and the entry equals a one-process one
-            row for row.
-        accelerator: Fabric accelerator (``auto``, ``cpu``, ``cuda``, ...) for ``devices`` > 1.
+        devices: extract with this many processes per node (one per device) through Lightning Fabric: the
+            images are cut into one contiguous block per process and the entry equals a one-process one row
+            for row.
+        num_nodes: machines of a launcher-started job (``torchrun --nnodes``); the processes of the job are
+            ``devices x num_nodes``, and the cache folder must be one that every node sees.
+        strategy: ``auto`` (``ddp`` when a launcher started the processes, else ``ddp_spawn`` for
+            ``devices`` > 1), ``ddp_spawn`` (this command starts the processes) or ``ddp`` (torchrun did).
+        accelerator: Fabric accelerator (``auto``, ``cpu``, ``cuda``, ...) of a distributed extraction.
     """
 
     #: the CLI adds these fields as top-level options (``--batch_size``, not ``--extract.batch_size``)
@@ -61,6 +101,8 @@ class ExtractOptions:
     refresh_cache: bool = False
     progress: bool = True
     devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     accelerator: str = "auto"
 
     def __post_init__(self) -> None:
@@ -72,8 +114,20 @@ class ExtractOptions:
             value = getattr(self, key)
             if value is not None and value < (1 if key == "batch_size" else 0):
                 raise UserError(f"{key} must be >= {1 if key == 'batch_size' else 0}, got {value}")
-        if self.devices < 1:
-            raise UserError(f"--devices must be >= 1, got {self.devices}")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise UserError(
+                f"--devices and --num_nodes must be >= 1, got {self.devices} and {self.num_nodes}"
+            )
+        if self.strategy not in EXTRACT_STRATEGIES:
+            raise UserError(
+                f"unknown --strategy '{self.strategy}'; extraction is data-parallel (every process holds the whole "
+                f"frozen backbone): choose one of {list(EXTRACT_STRATEGIES)}"
+            )
+
+    def check_distributed(self) -> str:
+        """:func:`resolve_mode` of these options in this process's environment (a command calls it before any
+        work, so a combination that cannot run is a one-line error at once)."""
+        return resolve_mode(self.devices, self.num_nodes, self.strategy)
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`get_features`."""
@@ -87,6 +141,8 @@ class ExtractOptions:
             "refresh": self.refresh_cache,
             "progress": self.progress,
             "devices": self.devices,
+            "num_nodes": self.num_nodes,
+            "strategy": self.strategy,
             "accelerator": self.accelerator,
         }
 

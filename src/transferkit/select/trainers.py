@@ -49,6 +49,7 @@ from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_sco
     ranking_loss,
 )
 from transferkit.utils.io import atomic_write_json
+from transferkit.utils.ranks import refuse_training_under_launcher
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ def fit_model(
         train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator
     )
     val_loader = DataLoader(val_data, batch_size=max(cfg.batch_size, 64), shuffle=False, collate_fn=collate)
+    refuse_training_under_launcher("training the ranker's networks")
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
     levels = [q.level for q in quiet]
     threads = torch.get_num_threads()
