@@ -12,7 +12,10 @@ of the same artifact in this process at the server's mean batch size and at ``--
 ratio server throughput / bare forward throughput (target: >= 0.8 at the same batch size).
 
 Every request goes to 127.0.0.1 only; the load is bounded in count (``--requests``) and time (``--timeout``).
-Client and server share this machine's cores, so the client's own CPU use is part of what is measured.
+By default client and server share this machine's cores, so the client's own CPU use is part of what is
+measured. ``--pin`` gives the client the last core and the server the others (``--threads`` = their count), and
+times the bare forward on the server's cores with the same thread count: the ratio is then the server's own
+overhead alone (on a 2-core machine the server gets one core).
 """
 
 from __future__ import annotations
@@ -222,6 +225,7 @@ def main() -> int:
     p.add_argument("--max_wait_ms", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=300.0, help="give up sending after this many seconds")
     p.add_argument("--repeats", type=int, default=20, help="timed runs of the bare forward")
+    p.add_argument("--pin", action="store_true", help="client on the last core, server on the others")
     p.add_argument(
         "--client", default=None, choices=["aiohttp", "httpx"], help="default: aiohttp when installed"
     )
@@ -262,9 +266,19 @@ def main() -> int:
             "--log_level",
             "warning",
         ]
-        server = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy()
+        cores = sorted(os.sched_getaffinity(0))
+        server_cores, client_cores = (
+            (cores[:-1], cores[-1:]) if args.pin and len(cores) > 1 else (cores, cores)
         )
+        threads = len(server_cores) if args.pin else None
+        if threads:
+            cmd += ["--threads", str(threads)]
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        server = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, server_cores)) if args.pin else None,
+        )  # fmt: skip
+        os.sched_setaffinity(0, client_cores)
         try:
             t0 = time.time()
             while True:
@@ -280,7 +294,9 @@ def main() -> int:
                 time.sleep(0.2)
             from transferkit.deploy.artifact import load_artifact
 
-            art = load_artifact(artifact, args.variant)  # for the bare forward, in this process
+            art = load_artifact(
+                artifact, args.variant, threads=threads
+            )  # for the bare forward, in this process
             load = (args.concurrency, args.timeout)
             asyncio.run(drive(url, pngs, 2 * args.concurrency, *load, client=args.client))  # warm-up
             # rounds alternate the served load and the bare forward (server idle), so each ratio compares two
@@ -292,10 +308,14 @@ def main() -> int:
                     raise SystemExit(f"no request succeeded: {res['errors']}")
                 at = max(1, int(round(res["mean_batch"])))
                 res["bare_batch"] = at
+                os.sched_setaffinity(0, server_cores)  # the bare forward on the server's cores
                 res["bare"] = bare_forward(art, at, pngs, args.repeats)
+                os.sched_setaffinity(0, client_cores)
                 res["rps"] = len(res["latencies"]) / res["wall_s"]
                 rounds.append(res)
+            os.sched_setaffinity(0, server_cores)
             bare_max = bare_forward(art, args.max_batch, pngs, args.repeats)
+            os.sched_setaffinity(0, client_cores)
             # the same load on GET /health (no model, no upload): the HTTP ceiling of this client + server
             ceiling = asyncio.run(drive(url, pngs, args.requests, *load, path="/health", client=args.client))
         finally:
@@ -317,7 +337,12 @@ def main() -> int:
     med = statistics.median
     print(
         f"artifact: {meta.backbone.get('name')} {meta.format} {args.variant}, {meta.preprocessing.image_size}px, "
-        f"{os.cpu_count()} CPUs; server max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms"
+        f"{os.cpu_count()} CPUs; server max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms; "
+        + (
+            f"pinned: server on cores {server_cores} ({threads} threads), client on {client_cores}"
+            if args.pin
+            else "client and server share the cores"
+        )
     )
     print(
         f"load: {args.rounds} rounds x {args.requests} requests (1 image each), {args.concurrency} concurrent, "

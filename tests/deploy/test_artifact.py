@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from transferkit.data.transforms import build_eval_transform
 from transferkit.deploy.artifact import (
@@ -18,6 +19,7 @@ from transferkit.deploy.artifact import (
     infer_task,
     load_artifact,
     read_metadata,
+    to_model_input,
 )
 from transferkit.errors import UserError
 
@@ -46,7 +48,40 @@ def test_preprocess_is_the_runs_eval_transform(onnx_export):
 def test_square_preprocessing_for_detection():
     t = build_preprocess(Preprocessing(image_size=16, resize="square"))
     out = t(Image.new("RGB", (64, 32), (255, 0, 0)))
-    assert tuple(out.shape) == (3, 16, 16) and float(out[0].min()) == 1.0
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and int(out[..., 0].min()) == 255
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (37, 90, 3), dtype=np.uint8))
+    ref = v2.Compose(
+        [v2.Resize((16, 16), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    )
+    np.testing.assert_array_equal(to_model_input(t(image)[None])[0], ref(image).numpy())
+
+
+@pytest.mark.parametrize(
+    ("size", "crop_pct", "interpolation", "shape"),
+    [
+        (32, 1.0, "bilinear", (50, 70)),  # upscale, landscape
+        (32, 0.875, "bilinear", (300, 200)),  # downscale, portrait, ImageNet crop
+        (24, 0.9, "bicubic", (24, 24)),  # already the size: no resize
+        (16, 1.0, "nearest", (7, 5)),  # tiny
+        (20, 1.2, "bilinear", (40, 60)),  # crop larger than the resized image: zero padding
+        (32, 1.0, "lanczos", (33, 1000)),  # extreme aspect ratio
+    ],
+)
+def test_server_preprocessing_equals_the_training_eval_transform(size, crop_pct, interpolation, shape):
+    """The uint8 path (resize and crop on the PIL image, one float conversion per batch) gives the training-time
+    v2 eval transform's tensor bit for bit."""
+    image = Image.fromarray(np.random.default_rng(size).integers(0, 255, (*shape, 3), dtype=np.uint8))
+    fast = build_preprocess(Preprocessing(image_size=size, crop_pct=crop_pct, interpolation=interpolation))
+    ref = build_eval_transform(size, crop_pct, interpolation)(image).numpy()
+    np.testing.assert_array_equal(to_model_input(fast(image)[None])[0], ref)
+
+
+def test_to_model_input_is_todtype_scale_for_every_value():
+    values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    ref = v2.ToDtype(torch.float32, scale=True)(torch.from_numpy(values).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(to_model_input(values), ref.numpy())
+    with pytest.raises(UserError, match="expected \\(B, S, S, 3\\) uint8"):
+        to_model_input(values.astype(np.float32))
 
 
 def test_metadata_errors(onnx_export, tmp_path):

@@ -125,6 +125,33 @@ BAD_UPLOADS = {
         "unsupported_media_type",
         dict(content=b"abc", headers={"content-type": "text/plain"}),
     ),
+    "multipart without a boundary": (
+        400,
+        "bad_multipart",
+        dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+    ),
+    "garbage multipart": (
+        400,
+        "bad_multipart",
+        dict(content=b"hello", headers={"content-type": "multipart/form-data; boundary=XyZ"}),
+    ),
+    "truncated multipart": (
+        400,
+        "bad_multipart",
+        dict(
+            content=b'--XyZ\r\nContent-Disposition: form-data; name="f"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG",
+            headers={"content-type": "multipart/form-data; boundary=XyZ"},
+        ),
+    ),
+    "multipart part without a name": (
+        400,
+        "bad_multipart",
+        dict(
+            content=b'--XyZ\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nxx\r\n--XyZ--\r\n',
+            headers={"content-type": "multipart/form-data; boundary=XyZ"},
+        ),
+    ),
     "malformed json": (400, "bad_json", dict(content=b"{", headers={"content-type": "application/json"})),
     "bad base64": (400, "bad_base64", dict(json={"images": ["!!not base64!!"]})),
     "no image": (400, "no_image", dict(json={"images": []})),

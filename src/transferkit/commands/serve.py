@@ -55,14 +55,14 @@ def serve(
         max_in_flight: requests served at once; more get 503 with Retry-After.
         body_timeout_s: longest time a request body may take to arrive (408 after).
         head_timeout_s: longest time a connection may take to send a complete request head (closed after).
-        max_header_kb: largest request head (KiB); a bigger one gets 400.
+        max_header_kb: largest request head (KiB); a bigger one gets 431 (400 from the h11 parser).
         api_key: require this key on every route but /health (also $TRANSFERKIT_API_KEY); none: open.
         cors_origins: origins allowed by CORS (none: CORS off).
     """
     import uvicorn
     from rich.console import Console
 
-    from transferkit.deploy.server import create_app, guarded_h11_protocol
+    from transferkit.deploy.server import create_app, guarded_protocol
     from transferkit.errors import UserError
 
     if not 0 <= port <= 65535:
@@ -103,6 +103,7 @@ def serve(
     )
     uvicorn.run(
         app, host=host, port=port, log_level=log_level, access_log=access_log, timeout_keep_alive=keep_alive_s,
-        workers=1, http=guarded_h11_protocol(head_timeout_s), h11_max_incomplete_event_size=max_header_kb * 1024,
+        workers=1, http=guarded_protocol(head_timeout_s, max_header_kb * 1024), loop="auto",
+        h11_max_incomplete_event_size=max_header_kb * 1024,
     )  # fmt: skip
     return 0

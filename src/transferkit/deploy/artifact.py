@@ -295,27 +295,42 @@ def infer_task(outputs: Any, declared: str | None = None) -> tuple[TaskSpec, lis
 
 
 # ---------------------------------------------------------------------------------------------- preprocessing
-def build_preprocess(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> ``(3, S, S)`` float32 in [0, 1]: the run's own evaluation transform."""
-    from torchvision.transforms import InterpolationMode, v2
+def build_preprocess(pre: Preprocessing) -> Callable[[Image.Image], np.ndarray]:
+    """PIL RGB image -> ``(S, S, 3)`` uint8: the run's evaluation transform up to the float conversion, which
+    :func:`to_model_input` does for a whole batch at once.
 
+    The resize and crop are torchvision's functional kernels on the PIL image, the ones the training-time v2
+    transform dispatches to (tested equal bit for bit, after :func:`to_model_input`), without the v2 machinery's
+    per-call cost (a server pays it on every image)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    interpolation = InterpolationMode(pre.interpolation)
+    size = int(pre.image_size)
     if pre.resize == "shorter_side_center_crop":
-        from transferkit.data.transforms import build_eval_transform
+        shorter = int(round(size / pre.crop_pct))
 
-        return build_eval_transform(pre.image_size, pre.crop_pct, pre.interpolation)
+        def shorter_side_center_crop(image: Image.Image) -> np.ndarray:
+            return np.asarray(F.center_crop(F.resize(image, shorter, interpolation=interpolation), size))
+
+        return shorter_side_center_crop
     if pre.resize == "square":
-        return v2.Compose(
-            [
-                v2.Resize(
-                    (pre.image_size, pre.image_size),
-                    interpolation=InterpolationMode(pre.interpolation),
-                    antialias=True,
-                ),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-            ]
-        )
+
+        def square(image: Image.Image) -> np.ndarray:
+            return np.asarray(F.resize(image, [size, size], interpolation=interpolation))
+
+        return square
     raise UserError(f"unknown preprocessing resize mode '{pre.resize}' in the artifact metadata")
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """``(B, S, S, 3)`` uint8 -> ``(B, 3, S, S)`` float32 in [0, 1], as torchvision's ``ToDtype(float32,
+    scale=True)`` computes it (``x * float32(1 / 255)``)."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise UserError(f"expected (B, S, S, 3) uint8 images, got {images.dtype} {tuple(images.shape)}")
+    out = images.transpose(0, 3, 1, 2).astype(np.float32)
+    out *= np.float32(1.0 / 255.0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- runtimes
@@ -405,9 +420,17 @@ class Artifact:
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """PIL image (any mode) -> ``(3, S, S)`` float32 in [0, 1]."""
+        return to_model_input(self.preprocess_uint8(image)[None])[0]
+
+    def preprocess_uint8(self, image: Image.Image) -> np.ndarray:
+        """PIL image (any mode) -> ``(S, S, 3)`` uint8 (:meth:`predict_uint8` takes a stack of them)."""
         from transferkit.data.sources import to_rgb
 
-        return self._preprocess(to_rgb(image)).numpy()
+        return self._preprocess(to_rgb(image))
+
+    def predict_uint8(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``(B, S, S, 3)`` uint8 (:meth:`preprocess_uint8`) -> named outputs, batch first."""
+        return self.predict(to_model_input(images))
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``(B, 3, S, S)`` float32 in [0, 1] -> named outputs, batch first."""

@@ -266,15 +266,25 @@ class ApiKeyMiddleware:
         await response(scope, receive, send)
 
 
-def guarded_h11_protocol(head_timeout_s: float) -> type:
-    """Uvicorn's h11 protocol with a deadline on every request head: a connection that has not sent a complete
-    request line and headers ``head_timeout_s`` after connecting (or after its previous response) is closed,
-    so clients trickling partial headers (slowloris) cannot hold connections open. Uvicorn has no such option;
-    its ``timeout_keep_alive`` only covers idle connections."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+def guarded_protocol(head_timeout_s: float, max_head_bytes: int) -> type:
+    """Uvicorn's HTTP protocol (httptools' C parser when installed, as ``uvicorn[standard]`` has it; h11
+    otherwise) with two guards on every request head, which uvicorn does not offer (its ``timeout_keep_alive``
+    only covers idle connections; its header limit is h11's alone):
 
-    class GuardedH11Protocol(H11Protocol):
+    - a connection that has not sent a complete request line and headers ``head_timeout_s`` after connecting
+      (or after its previous response) is closed, so clients trickling partial headers (slowloris) cannot hold
+      connections open;
+    - a head still incomplete after ``max_head_bytes`` gets ``431 Request Header Fields Too Large`` and the
+      connection is closed.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # no httptools: the pure-Python h11 parser
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class GuardedProtocol(Base):  # type: ignore[misc, valid-type]
         _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
 
         def _waiting_for_head(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
@@ -299,17 +309,27 @@ def guarded_h11_protocol(head_timeout_s: float) -> type:
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            if self._waiting_for_head():
+            waiting = self._waiting_for_head()
+            if waiting:
                 self._arm()
+                self._head_bytes += len(data)
             super().data_received(data)
             if not self._waiting_for_head():
                 self._disarm()
+                self._head_bytes = 0
+            elif waiting and self._head_bytes > max_head_bytes and not self.transport.is_closing():
+                body = f"request head over {max_head_bytes // 1024} KiB".encode()
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                    b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-    return GuardedH11Protocol
+    return GuardedProtocol
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -498,38 +518,89 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
     return bytes(body)
 
 
-async def _multipart(request: Request, body: bytes, max_files: int) -> list[Upload]:
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-        yield b""
-
-    parser = MultiPartParser(
-        request.headers, stream(), max_files=max_files, max_fields=100, max_part_size=max(len(body), 1024)
-    )
+def _decode_header_text(value: bytes) -> str:
     try:
-        form = await parser.parse()
-    except MultiPartException as e:
-        raise http_error(400, "bad_multipart", f"malformed multipart body: {e.message}") from None
-    uploads = []
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def parse_multipart(body: bytes, content_type: str, max_files: int, max_fields: int = 100) -> list[Upload]:
+    """The file parts of a ``multipart/form-data`` body already in memory (plain fields carry no image and are
+    skipped), or a 400 / 415 naming the problem.
+
+    python-multipart's parser with callbacks that keep each part in memory: Starlette's form parser would spool
+    every file part through a temporary file, which costs more than decoding a small image (the body is
+    already bounded by ``max_upload_bytes``)."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise http_error(400, "bad_multipart", "malformed multipart body: the content type names no boundary")
+    uploads: list[Upload] = []
+    counts = {"files": 0, "fields": 0}
+    part: dict[str, Any] = {}
+    header = [b"", b""]
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(headers={}, data=bytearray(), open=True)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        part["headers"][header[0].lower()] = header[1]
+        header[0] = header[1] = b""
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"name" not in options:
+            raise FormParserError('the Content-Disposition header field "name" must be provided')
+        kind = "files" if b"filename" in options else "fields"
+        counts[kind] += 1
+        if counts[kind] > (max_files if kind == "files" else max_fields):
+            raise FormParserError(
+                f"too many {kind} (the limit is {max_files if kind == 'files' else max_fields})"
+            )
+        part["filename"] = _decode_header_text(options[b"filename"]) if kind == "files" else None
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part["data"] += memoryview(data)[start:end]
+
+    def on_part_end() -> None:
+        part["open"] = False
+        if part.get("filename") is None:
+            return  # a plain form field
+        ctype = _decode_header_text(part["headers"].get(b"content-type", b"")).split(";")[0].strip().lower()
+        if ctype and not ctype.startswith(IMAGE_PART_TYPES):
+            raise http_error(
+                415,
+                "unsupported_media_type",
+                f"file part '{part['filename']}' has content type '{ctype}'; upload images (image/png, "
+                "image/jpeg, ...)",
+                filename=part["filename"],
+            )
+        uploads.append(Upload(bytes(part["data"]), part["filename"], ctype or None))
+
+    callbacks = dict(
+        on_part_begin=on_part_begin, on_header_field=on_header_field, on_header_value=on_header_value,
+        on_header_end=on_header_end, on_headers_finished=on_headers_finished, on_part_data=on_part_data,
+        on_part_end=on_part_end,
+    )  # fmt: skip
     try:
-        for _, value in form.multi_items():
-            if not isinstance(value, UploadFile):
-                continue  # plain form fields carry no image
-            ctype = (value.content_type or "").lower()
-            if ctype and not ctype.startswith(IMAGE_PART_TYPES):
-                raise http_error(
-                    415,
-                    "unsupported_media_type",
-                    f"file part '{value.filename}' has content type '{ctype}'; upload images (image/png, "
-                    "image/jpeg, ...)",
-                    filename=value.filename,
-                )
-            uploads.append(Upload(await value.read(), value.filename, ctype or None))
-    finally:
-        await form.close()
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+        if part.get("open"):
+            raise FormParserError("the body ends inside a part (a truncated upload?)")
+    except FormParserError as e:
+        raise http_error(400, "bad_multipart", f"malformed multipart body: {e}") from None
     return uploads
 
 
@@ -584,7 +655,9 @@ async def read_uploads(request: Request, cfg: ServerConfig) -> list[Upload]:
         )
     body = await read_body(request, cfg.max_upload_bytes, cfg.body_timeout_s)
     if ctype == "multipart/form-data":
-        uploads = await _multipart(request, body, cfg.max_images_per_request + 1)
+        uploads = parse_multipart(
+            body, request.headers.get("content-type", ""), cfg.max_images_per_request + 1
+        )
     elif ctype == "application/json":
         uploads = _json(body)
     else:
@@ -699,7 +772,8 @@ def create_app(
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact, variant=variant, threads=threads)
     metrics = ServerMetrics()
-    batcher = MicroBatcher(artifact.predict, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, metrics)
+    # images wait as uint8 and become float32 once per batch, on the inference thread
+    batcher = MicroBatcher(artifact.predict_uint8, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, metrics)
     started = time.time()
 
     @contextlib.asynccontextmanager
@@ -809,7 +883,7 @@ def create_app(
         uploads = await read_uploads(request, cfg)
 
         def prepare(image: Image.Image, i: int) -> np.ndarray:
-            return artifact.preprocess(load_image(image, uploads[i], i))
+            return artifact.preprocess_uint8(load_image(image, uploads[i], i))
 
         opened = [open_image(up, i, cfg.max_image_pixels) for i, up in enumerate(uploads)]
         sizes = [im.size for im in opened]
