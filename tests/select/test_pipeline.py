@@ -64,3 +64,63 @@ def test_the_prior_feature_never_sees_the_held_out_dataset():
 def test_unknown_or_repeated_features_are_refused(features):
     with pytest.raises(UserError, match="features"):
         LearnedRankerOptions(features=features)
+
+
+def test_offset_best_is_chosen_from_the_training_lists_and_the_untrained_ranker_is_its_ranking():
+    examples, truth, scores = _signal_in_scores(num_datasets=5)
+    rng = np.random.default_rng(1)
+    scores["noise"] = {
+        d: dict(zip(ex.models, rng.normal(size=len(ex.models)))) for d, ex in zip(truth, examples)
+    }
+    features = PairFeatures(["scores", "prior"], truth, scores, ["noise", "oracle"], offset="best")
+    lists = [features.attach(ex, {"d0", ex.dataset}) for ex in examples[1:]]
+    column, name = features.offset_column(lists)
+    assert name == "score:oracle" and column == -2  # names: score:noise, score:oracle, prior: mean rank
+    # the held-out dataset's accuracies play no part: flipping them changes neither the lists nor the choice
+    flipped = PairFeatures(["scores", "prior"], {**truth, "d0": {m: -v for m, v in truth["d0"].items()}}, scores,
+                           ["noise", "oracle"], offset="best")  # fmt: skip
+    again = [flipped.attach(ex, {"d0", ex.dataset}) for ex in examples[1:]]
+    assert flipped.offset_column(again) == (column, name)
+    named = PairFeatures(["scores", "prior"], truth, scores, ["noise", "oracle"], offset="prior: mean rank")
+    assert named.offset_column(lists) == (-1, "prior: mean rank")
+    # untrained, the ranker with an offset ranks exactly as that column does (its head starts at zero)
+    from transferkit.select.ranker import RankingTransformer, predict_scores
+
+    ex = lists[0]
+    model = RankingTransformer(RankerConfig(model_dim=ex.model_codes.shape[1], data_dim=3, d_model=16, heads=2,
+                                            offset_column=column))  # fmt: skip
+    np.testing.assert_allclose(
+        predict_scores(model, ex.data_tokens, ex.model_codes), ex.model_codes[:, column]
+    )
+
+
+def test_an_offset_ranker_keeps_its_start_when_training_cannot_help():
+    """Nothing to learn beyond the oracle score: the trained ranker keeps (or improves on) the offset's
+    weighted tau, and the epoch kept is chosen on the validation lists' rankings."""
+    examples, truth, scores = _signal_in_scores(num_datasets=8)
+    features = PairFeatures(["scores"], truth, scores, ["oracle"], offset="best")
+    result = evaluate_lodo(
+        examples,
+        lambda: RankerTrainer(
+            model=RankerConfig(d_model=16, heads=2, layers=1, encoder_layers=0, dropout=0.0),
+            train=TrainConfig(max_epochs=30, lr=3e-3, patience=0, val_fraction=0.25, scheduler="none"),
+        ),
+        baselines={"oracle": scores["oracle"]},
+        features=features,
+    )
+    summary = result.summary()
+    assert set(result.details["ranker_offsets"].values()) == {"score:oracle"}
+    assert summary["ranker"]["weighted_tau"] >= summary["oracle"]["weighted_tau"] - 0.02, summary
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(features=[], offset="best"), "needs per-pair features"),
+    ],
+)
+def test_offset_options_are_checked(options, message):
+    with pytest.raises(UserError, match=message):
+        LearnedRankerOptions(**options)
+    with pytest.raises(UserError, match="unknown --ranker.offset 'score:logme'"):
+        PairFeatures(["prior"], {}, {}, [], offset="score:logme")

@@ -100,7 +100,7 @@ def pair_features(
     if not options.features:
         return None
     scores = scores_by_dataset(all_rows)
-    return PairFeatures(options.features, values_by_dataset(rows), scores, sorted(scores))
+    return PairFeatures(options.features, values_by_dataset(rows), scores, sorted(scores), options.offset)
 
 
 def train_ranker(

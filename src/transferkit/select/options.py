@@ -105,6 +105,10 @@ class RankerConfig:
         encoder_layers: self-attention layers over the dataset tokens before they serve as memory.
         ff_mult: feed-forward width as a multiple of ``d_model``.
         dropout: dropout in attention and feed-forward blocks.
+        offset_column: a column of the model codes (negative: counted from the end, where the per-pair features
+            sit) added to the scores with a learned scale that starts at 1, the output head starting at zero:
+            the ranker starts as that column's ranking and learns a correction to it (an init score, as
+            gradient boosting starts from a base model); None: no offset.
     """
 
     model_dim: int | None = None
@@ -115,6 +119,7 @@ class RankerConfig:
     encoder_layers: int = 1
     ff_mult: int = 2
     dropout: float = 0.1
+    offset_column: int | None = None
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -190,6 +195,11 @@ class LearnedRankerOptions:
         features: per (model, dataset) inputs next to the model embedding: ``scores`` (the table's
             training-free scores, z-scored within each dataset's list), ``prior`` (the mean-rank prior over the
             training datasets); ``[]``: the embeddings alone.
+        offset: what the ranker starts from and corrects (``RankerConfig.offset_column``): ``best`` (the per-pair
+            feature with the highest mean weighted tau on the training lists, chosen again in every
+            leave-one-dataset-out fold from the training lists alone), a feature's name (``prior: mean rank``,
+            ``score:logme``...), or ``none`` (the network's output alone). With an offset, the epoch kept is the
+            one (or the untrained start) whose rankings of the validation lists have the best weighted tau.
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -199,8 +209,14 @@ class LearnedRankerOptions:
     loss: str = "listmle"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_epochs=200))
     features: list[str] = field(default_factory=lambda: ["scores", "prior"])
+    offset: str = "none"
 
     def __post_init__(self) -> None:
+        self.offset = self.offset.strip()
+        if self.offset != "none" and not self.features:
+            raise UserError(
+                f"--ranker.offset {self.offset} needs per-pair features (--ranker.features); or none"
+            )
         self.loss = self.loss.lower()
         if self.loss not in RANK_LOSSES:
             raise UserError(f"unknown ranking loss '{self.loss}'; choose one of {list(RANK_LOSSES)}")

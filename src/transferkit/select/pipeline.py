@@ -29,7 +29,7 @@ from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
 from transferkit.results import ResultRow, values_by_dataset
 from transferkit.select.dataset_embed import class_balanced_indices, resolve_encoder
-from transferkit.select.evaluate import LodoResult, leave_one_dataset_out, mean_rank_prior
+from transferkit.select.evaluate import LodoResult, leave_one_dataset_out, mean_rank_prior, rank_metrics
 from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
 from transferkit.select.options import RANKER_FEATURES, EmbeddingSettings
 from transferkit.select.ranker import RankExample, RankingTransformer, predict_scores
@@ -149,12 +149,18 @@ class PairFeatures:
     truth: Mapping[str, Mapping[str, float]]
     scores: Mapping[str, Mapping[str, Mapping[str, float]]]
     score_names: Sequence[str]
+    #: what the ranker starts from (``LearnedRankerOptions.offset``): ``best``, a feature name, or ``none``
+    offset: str = "none"
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in RANKER_FEATURES]
         if bad:
             raise UserError(f"unknown ranker feature(s) {bad}; choose from {list(RANKER_FEATURES)}")
         self.score_names = sorted(self.score_names) if "scores" in self.kinds else []
+        if self.offset not in ("none", "best", *self.names):
+            raise UserError(
+                f"unknown --ranker.offset '{self.offset}'; choose none, best or one of {self.names}"
+            )
 
     @property
     def names(self) -> list[str]:
@@ -169,6 +175,30 @@ class PairFeatures:
             seen = {d: v for d, v in self.truth.items() if d not in exclude}
             cols.append(mean_rank_prior(seen, None, models) if seen else {})
         return cols
+
+    def offset_column(self, examples: Sequence[RankExample]) -> tuple[int | None, str | None]:
+        """The model-code column (negative index) and name of the feature the ranker starts from, for training
+        lists ``examples`` with the features attached: ``best`` is the feature with the highest mean weighted
+        tau against the lists' own accuracies (ties: the first), so it is chosen from training data alone."""
+        names = self.names
+        if self.offset == "none" or not names:
+            return None, None
+        if self.offset != "best":
+            j = names.index(self.offset)
+            return j - len(names), self.offset
+        means = []
+        for j in range(len(names)):
+            col = j - len(names)
+            taus = []
+            for ex in examples:
+                codes = np.asarray(ex.model_codes)
+                values = dict(zip(ex.models, map(float, codes[:, col])))
+                tau = rank_metrics(values, dict(zip(ex.models, map(float, ex.targets))))["weighted_tau"]
+                if np.isfinite(tau):
+                    taus.append(tau)
+            means.append(float(np.mean(taus)) if taus else float("-inf"))
+        j = int(np.argmax(means))
+        return j - len(names), names[j]
 
     def attach(self, ex: RankExample, exclude: set[str]) -> RankExample:
         """``ex`` with its model codes extended by the features, ``(M, D_model + F)``."""
@@ -339,12 +369,14 @@ def train_learned_ranker(
         ranker_trainer.out_dir = Path(out_dir) / "ranker"
     ae_result, examples, names = embed_examples(rows, store, autoencoder_trainer, progress)
     with_features = [features.attach(e, {e.dataset}) for e in examples] if features else examples
-    rk_result = ranker_trainer.fit(with_features)
+    column, offset = features.offset_column(with_features) if features else (None, None)
+    rk_result = ranker_trainer.fit(with_features, offset_column=column)
     meta: dict[str, Any] = {
         "datasets": [e.dataset for e in examples],
         "models": names,
         "target": sorted({r.target for r in rows}),
         "features": features.names if features else [],
+        "offset": offset,
     }
     if features is not None and "prior" in features.kinds:
         meta["prior"] = mean_rank_prior(features.truth, None)
@@ -366,13 +398,19 @@ def evaluate_lodo(
     dataset's accuracies."""
     by_key = {e.dataset: e for e in examples}
     truth = {e.dataset: dict(zip(e.models, map(float, e.targets))) for e in examples}
+    offsets: dict[str, str | None] = {}  # the feature each fold's ranker started from
 
     def train_and_predict(train: list[str], held: str) -> dict[str, float]:
         def prepared(key: str) -> RankExample:
             return features.attach(by_key[key], {held, key}) if features else by_key[key]
 
-        result = make_trainer().fit([prepared(k) for k in train])
+        lists = [prepared(k) for k in train]
+        column, offset = features.offset_column(lists) if features else (None, None)
+        offsets[held] = offset
+        result = make_trainer().fit(lists, offset_column=column)
         ex = prepared(held)
         return dict(zip(ex.models, map(float, predict_scores(result.model, ex.data_tokens, ex.model_codes))))
 
-    return leave_one_dataset_out(list(by_key), truth, train_and_predict, baselines, progress)
+    result = leave_one_dataset_out(list(by_key), truth, train_and_predict, baselines, progress)
+    result.details["ranker_offsets"] = offsets
+    return result

@@ -169,12 +169,17 @@ def evaluate_table(
         from transferkit.select.trainers import trainers_from
 
         _, make_ranker = trainers_from(ranker)
-        features = PairFeatures(ranker.features, truth, scores, sorted(scores)) if ranker.features else None
+        features = (
+            PairFeatures(ranker.features, truth, scores, sorted(scores), ranker.offset)
+            if ranker.features
+            else None
+        )
         lodo = evaluate_lodo(
             table_examples(truth, params, models), make_ranker, progress=progress, features=features
         )
         per["ranker"] = lodo.per_dataset["ranker"]
         result.details["ranker_features"] = features.names if features else []
+        result.details["ranker_offsets"] = lodo.details.get("ranker_offsets", {})
     reference = {}
     for method, taus in ((meta.get("reference_weighted_tau") or {}).get("methods") or {}).items():
         by_key = {k: taus[names.get(k, k)] for k in datasets if names.get(k, k) in taus}

@@ -74,6 +74,14 @@ class RankingTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, 1)
+        if c.offset_column is not None:
+            if not -c.model_dim <= c.offset_column < c.model_dim:
+                raise UserError(
+                    f"offset_column {c.offset_column} is not a column of {c.model_dim}-wide model codes"
+                )
+            nn.init.zeros_(self.head.weight)  # the ranker starts as the offset's ranking
+            nn.init.zeros_(self.head.bias)
+            self.offset_scale = nn.Parameter(torch.ones(()))
 
     def forward(
         self,
@@ -100,6 +108,8 @@ class RankingTransformer(nn.Module):
             queries, memory, tgt_key_padding_mask=model_mask, memory_key_padding_mask=data_mask
         )
         scores = self.head(self.norm(out)).squeeze(-1)
+        if c.offset_column is not None:
+            scores = scores + self.offset_scale * model_codes[..., c.offset_column]
         if model_mask is not None:
             scores = scores.masked_fill(model_mask, 0.0)
         return scores

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.errors import UserError
+from transferkit.select.evaluate import rank_metrics
 from transferkit.select.model_embed import AutoencoderConfig, WeightAutoencoder
 from transferkit.select.options import LearnedRankerOptions, TrainConfig
 from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_scores: re-exported)
@@ -155,12 +156,27 @@ def _batch_size(batch: Any) -> int:
 
 
 class _History(Callback):
-    """Collects one row per epoch and keeps the best (lowest ``val/loss``) weights in memory."""
+    """Collects one row per epoch and keeps the best weights in memory: the lowest ``val/loss``, or with
+    ``select`` the highest ``select(model)`` (the earliest epoch on ties)."""
 
-    def __init__(self) -> None:
+    def __init__(self, select: Callable[[nn.Module], float] | None = None) -> None:
         self.rows: list[dict[str, float]] = []
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self._start = 0.0
+        self.select = select
+
+    def consider(self, model: nn.Module, epoch: int, val_loss: float | None = None) -> float | None:
+        """Keep ``model``'s weights when they beat the best so far; returns the selection value (lower wins)."""
+        if self.select is not None:
+            was = model.training
+            model.eval()
+            value = -float(self.select(model))
+            model.train(was)
+        else:
+            value = val_loss
+        if value is not None and math.isfinite(value) and (self.best is None or value < self.best[0]):
+            self.best = (value, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return value
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -175,11 +191,10 @@ class _History(Callback):
         norms = pl_module._grad_norms
         row["grad_norm"] = float(np.mean(norms)) if norms else float("nan")
         row["seconds"] = time.perf_counter() - self._start
+        value = self.consider(pl_module.model, trainer.current_epoch, metrics.get("val/loss"))
+        if self.select is not None and value is not None:
+            row["val/selection"] = -value
         self.rows.append(row)
-        val = metrics.get("val/loss")
-        if val is not None and math.isfinite(val) and (self.best is None or val < self.best[0]):
-            state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
-            self.best = (val, trainer.current_epoch, state)
 
 
 def fit_model(
@@ -192,12 +207,18 @@ def fit_model(
     collate: Callable | None = None,
     out_dir: str | Path | None = None,
     extra: dict[str, Any] | None = None,
+    select: Callable[[nn.Module], float] | None = None,
+    keep_initial: bool = False,
 ) -> TrainResult:
     """The shared loop: Lightning fit with early stopping on ``val/loss``, LR scheduling, grad clipping; the
-    best epoch's weights restored; history JSON + plots + ``model.pt`` written to ``out_dir``."""
+    best epoch's weights restored (lowest ``val/loss``, or with ``select`` the highest ``select(model)`` on the
+    validation items, the earliest epoch on ties; ``keep_initial``: the untrained weights compete as epoch -1);
+    history JSON + plots + ``model.pt`` written to ``out_dir``."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lit = _LitModule(model, loss_fn, cfg)
-    history_cb = _History()
+    history_cb = _History(select)
+    if select is not None and keep_initial:  # the untrained weights compete as epoch -1
+        history_cb.consider(model, -1)
     callbacks: list[Callback] = [history_cb]
     early = None
     if cfg.patience:
@@ -461,8 +482,9 @@ class RankerTrainer(BaseTrainer):
         self.loss = loss.lower()
         self.augment = augment
 
-    def fit(self, examples: Sequence[RankExample]) -> TrainResult:
-        """Train on one :class:`RankExample` per dataset (validation: held-out datasets)."""
+    def fit(self, examples: Sequence[RankExample], offset_column: int | None = None) -> TrainResult:
+        """Train on one :class:`RankExample` per dataset (validation: held-out datasets); ``offset_column``
+        overrides the config's (:func:`~transferkit.select.pipeline.PairFeatures.offset_column` chooses it)."""
         examples = list(examples)
         if not examples:
             raise UserError("the ranker needs at least one dataset with ranked models")
@@ -481,6 +503,8 @@ class RankerTrainer(BaseTrainer):
             cfg = RankerConfig(**dict(self.model_config or {}))
         cfg.model_dim = int(model_dim) if cfg.model_dim is None else cfg.model_dim
         cfg.data_dim = int(data_dim) if cfg.data_dim is None else cfg.data_dim
+        if offset_column is not None:
+            cfg.offset_column = int(offset_column)
         if (cfg.model_dim, cfg.data_dim) != (model_dim, data_dim):
             raise UserError(
                 f"ranker expects model_dim={cfg.model_dim}, data_dim={cfg.data_dim}; the data has "
@@ -495,9 +519,23 @@ class RankerTrainer(BaseTrainer):
             scores = m(batch["codes"], batch["data"], batch["model_mask"], batch["data_mask"])
             return {"loss": ranking_loss(loss_name, scores, batch["targets"], batch["model_mask"])}
 
+        val_lists = [examples[i] for i in va]
+
+        def val_weighted_tau(m: nn.Module) -> float:
+            """Mean weighted tau of ``m``'s rankings of the validation lists (what the ranker is judged by;
+            ListMLE's loss also falls by merely sharpening a ranking)."""
+            taus = []
+            for ex in val_lists:
+                pred = dict(zip(ex.models, map(float, predict_scores(m, ex.data_tokens, ex.model_codes))))
+                tau = rank_metrics(pred, dict(zip(ex.models, map(float, ex.targets))))["weighted_tau"]
+                if math.isfinite(tau):
+                    taus.append(tau)
+            return float(np.mean(taus)) if taus else float("nan")
+
         extra = {
             "model_config": cfg.to_dict(),
             "loss": loss_name,
+            "selection": "val weighted tau" if val_lists and cfg.offset_column is not None else "val loss",
             "train_datasets": [examples[i].dataset for i in tr],
             "val_datasets": [examples[i].dataset for i in va],
         }
@@ -511,6 +549,10 @@ class RankerTrainer(BaseTrainer):
             collate=collate_lists,
             out_dir=self.out_dir,
             extra=extra,
+            # with an offset the untrained ranker already ranks well, and ListMLE's loss falls by sharpening a
+            # ranking alone: keep the epoch (or the start) whose rankings of the val lists are best instead
+            select=val_weighted_tau if val_lists and cfg.offset_column is not None else None,
+            keep_initial=cfg.offset_column is not None,
         )
 
 
