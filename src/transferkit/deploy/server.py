@@ -400,7 +400,8 @@ class MicroBatcher:
             self._executor = None
 
     async def submit(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Queue ``images`` (each ``(3, S, S)``); returns their output rows, in order."""
+        """Queue ``images`` (each one input of ``predict``: an ``(S, S, 3)`` uint8 array for the app); returns their
+        output rows, in order."""
         if not self.running:
             self.start()
         assert self._queue is not None
