@@ -109,3 +109,40 @@ def test_trainer_input_errors():
 
 def test_rolling_mean():
     np.testing.assert_allclose(rolling_mean([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+
+
+def test_an_ensemble_averages_z_scored_members_and_round_trips(tmp_path):
+    import torch
+
+    from transferkit.select.ranker import RankingEnsemble, RankingTransformer, load_ranker
+
+    examples = synthetic_ranking_examples(num_datasets=6, num_models=5, seed=3)
+    trainer = RankerTrainer(
+        model=RankerConfig(d_model=16, heads=2, layers=1, encoder_layers=0),
+        train=TrainConfig(max_epochs=3, patience=0, val_fraction=0.2, seed=5),
+        ensemble=2,
+        out_dir=tmp_path,
+    )
+    result = trainer.fit(examples)
+    model = result.model
+    assert isinstance(model, RankingEnsemble) and len(model.members) == 2
+    assert [m["seed"] for m in result.history["members"]] == [5, 6]
+    for sub in ("member-0", "member-1", "."):
+        assert (tmp_path / sub / "model.pt").is_file() and (tmp_path / sub / "history.json").is_file()
+    ex = examples[0]
+    codes = torch.as_tensor(ex.model_codes)[None]
+    tokens = torch.as_tensor(ex.data_tokens)[None]
+    with torch.no_grad():
+        members = [m(codes, tokens)[0] for m in model.members]
+        want = sum((s - s.mean()) / s.std(unbiased=False) for s in members) / 2
+        np.testing.assert_allclose(model(codes, tokens)[0].numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    loaded = load_ranker(torch.load(tmp_path / "model.pt", weights_only=False))
+    np.testing.assert_allclose(
+        predict_scores(loaded, ex.data_tokens, ex.model_codes),
+        predict_scores(model, ex.data_tokens, ex.model_codes),
+        rtol=1e-6,
+    )
+    single = load_ranker(torch.load(tmp_path / "member-0" / "model.pt", weights_only=False))
+    assert isinstance(single, RankingTransformer)
+    with pytest.raises(UserError, match="ensemble must be >= 1"):
+        RankerTrainer(ensemble=0)

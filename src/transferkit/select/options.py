@@ -200,6 +200,9 @@ class LearnedRankerOptions:
             leave-one-dataset-out fold from the training lists alone), a feature's name (``prior: mean rank``,
             ``score:logme``...), or ``none`` (the network's output alone). With an offset, the epoch kept is the
             one (or the untrained start) whose rankings of the validation lists have the best weighted tau.
+        ensemble: rankers trained alike with seeds ``train.seed``, ``+1``, ...; a model's score is their mean
+            score z-scored within the list (a deep ensemble: with a handful of training lists one ranker's
+            ranking varies with its seed).
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -210,8 +213,11 @@ class LearnedRankerOptions:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_epochs=200))
     features: list[str] = field(default_factory=lambda: ["scores", "prior"])
     offset: str = "none"
+    ensemble: int = 3
 
     def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise UserError(f"--ranker.ensemble must be >= 1, got {self.ensemble}")
         self.offset = self.offset.strip()
         if self.offset != "none" and not self.features:
             raise UserError(

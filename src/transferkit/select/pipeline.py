@@ -32,7 +32,7 @@ from transferkit.select.dataset_embed import class_balanced_indices, resolve_enc
 from transferkit.select.evaluate import LodoResult, leave_one_dataset_out, mean_rank_prior, rank_metrics
 from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
 from transferkit.select.options import RANKER_FEATURES, EmbeddingSettings
-from transferkit.select.ranker import RankExample, RankingTransformer, predict_scores
+from transferkit.select.ranker import RankExample, RankingTransformer, load_ranker, predict_scores
 from transferkit.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class LearnedRanker:
     """A trained autoencoder + ranking transformer + the settings that embed new models and datasets."""
 
     autoencoder: WeightAutoencoder
-    ranker: RankingTransformer
+    ranker: RankingTransformer | Any  # or a RankingEnsemble
     settings: EmbeddingSettings
     meta: dict[str, Any]
 
@@ -240,7 +240,7 @@ class LearnedRanker:
         ae = WeightAutoencoder.from_checkpoint(
             torch.load(root / "autoencoder" / "model.pt", weights_only=False)
         )
-        rk = RankingTransformer.from_checkpoint(torch.load(root / "ranker" / "model.pt", weights_only=False))
+        rk = load_ranker(torch.load(root / "ranker" / "model.pt", weights_only=False))
         return cls(ae, rk, settings, meta)
 
     @property

@@ -28,6 +28,7 @@ Both are written here: neither torch nor a maintained library we depend on ships
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,47 @@ class RankingTransformer(nn.Module):
         return model.eval()
 
 
+class RankingEnsemble(nn.Module):
+    """Members trained alike from different seeds; the score of a model is the mean over members of their
+    scores z-scored within the list (a deep ensemble: with a handful of training lists, one member's ranking
+    varies with its seed). Same interface as :class:`RankingTransformer`."""
+
+    def __init__(self, members: Sequence[RankingTransformer]):
+        super().__init__()
+        if not members:
+            raise UserError("an ensemble needs at least one ranker")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(
+        self,
+        model_codes: torch.Tensor,
+        data_tokens: torch.Tensor,
+        model_mask: torch.Tensor | None = None,
+        data_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``model_codes (B, M, model_dim)``, ``data_tokens (B, T, data_dim)`` -> scores ``(B, M)``."""
+        valid = torch.ones(model_codes.shape[:2], dtype=torch.bool) if model_mask is None else ~model_mask
+        n = valid.sum(-1, keepdim=True).clamp_min(1)
+        out = torch.zeros(model_codes.shape[:2])
+        for member in self.members:
+            s = member(model_codes, data_tokens, model_mask, data_mask).masked_fill(~valid, 0.0)
+            mean = s.sum(-1, keepdim=True) / n
+            std = (((s - mean) ** 2).masked_fill(~valid, 0.0).sum(-1, keepdim=True) / n).sqrt()
+            out = out + ((s - mean) / std.clamp_min(1e-6)).masked_fill(~valid, 0.0)
+        return out / len(self.members)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"members": [m.checkpoint() for m in self.members]}
+
+
+def load_ranker(ckpt: dict[str, Any]) -> RankingTransformer | RankingEnsemble:
+    """A ranker (or an ensemble of them) from its ``checkpoint()``."""
+    if "members" in ckpt:
+        return RankingEnsemble([RankingTransformer.from_checkpoint(c) for c in ckpt["members"]]).eval()
+    return RankingTransformer.from_checkpoint(ckpt)
+
+
 # ---------------------------------------------------------------------------------------------- losses
 def _valid(targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return torch.ones_like(targets, dtype=torch.bool) if mask is None else ~mask
@@ -186,7 +228,7 @@ class RankExample:
 
 
 @torch.no_grad()
-def predict_scores(model: RankingTransformer, data_tokens: np.ndarray, model_codes: np.ndarray) -> np.ndarray:
+def predict_scores(model: nn.Module, data_tokens: np.ndarray, model_codes: np.ndarray) -> np.ndarray:
     """Ranker scores ``(M,)`` of ``model_codes (M, D_model)`` for one dataset ``data_tokens (T, D_data)``."""
     model.eval()
     tokens = torch.as_tensor(np.asarray(data_tokens, dtype=np.float32))[None]

@@ -21,6 +21,7 @@ fewer than 4 items there is no held-out split and the training loss is monitored
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -45,6 +46,7 @@ from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_sco
     RANK_LOSSES,
     RankerConfig,
     RankExample,
+    RankingEnsemble,
     RankingTransformer,
     predict_scores,
     ranking_loss,
@@ -471,11 +473,16 @@ class RankerTrainer(BaseTrainer):
         model: RankerConfig | Mapping[str, Any] | None = None,
         loss: str = "listmle",
         augment: bool = True,
+        ensemble: int = 1,
         **kwargs: Any,
     ):
         """``model``: a :class:`RankerConfig`, or its options without ``model_dim``/``data_dim`` (taken from
-        the data), or None for the defaults."""
+        the data), or None for the defaults; ``ensemble``: members trained with seeds ``seed``, ``seed + 1``...
+        (:class:`~transferkit.select.ranker.RankingEnsemble`; each writes its files to ``out_dir/member-<k>``)."""
         super().__init__(**kwargs)
+        if ensemble < 1:
+            raise UserError(f"ensemble must be >= 1, got {ensemble}")
+        self.ensemble = int(ensemble)
         if loss.lower() not in RANK_LOSSES:
             raise UserError(f"unknown ranking loss '{loss}'; choose one of {list(RANK_LOSSES)}")
         self.model_config = model
@@ -484,7 +491,47 @@ class RankerTrainer(BaseTrainer):
 
     def fit(self, examples: Sequence[RankExample], offset_column: int | None = None) -> TrainResult:
         """Train on one :class:`RankExample` per dataset (validation: held-out datasets); ``offset_column``
-        overrides the config's (:func:`~transferkit.select.pipeline.PairFeatures.offset_column` chooses it)."""
+        overrides the config's (:func:`~transferkit.select.pipeline.PairFeatures.offset_column` chooses it).
+        With ``ensemble`` > 1 the model is a :class:`~transferkit.select.ranker.RankingEnsemble` and the
+        history lists its members'."""
+        if self.ensemble == 1:
+            return self._fit_one(examples, offset_column, self.train_config, self.out_dir)
+        results = []
+        for k in range(self.ensemble):
+            cfg = dataclasses.replace(self.train_config, seed=self.train_config.seed + k)
+            out = None if self.out_dir is None else Path(self.out_dir) / f"member-{k}"
+            results.append(self._fit_one(examples, offset_column, cfg, out))
+        model = RankingEnsemble([r.model for r in results]).eval()
+        history = {
+            **results[0].history,
+            "ensemble": self.ensemble,
+            "members": [
+                {
+                    key: r.history.get(key)
+                    for key in ("seed", "best_epoch", "best_val_loss", "epochs_run", "seconds")
+                }
+                | {"seed": self.train_config.seed + k}
+                for k, r in enumerate(results)
+            ],
+        }
+        files: dict[str, Path] = {}
+        if self.out_dir is not None:
+            out = Path(self.out_dir)
+            files["history"] = atomic_write_json(out / "history.json", history)
+            files["plot"] = plot_history(history, out / "loss_curves.png")  # member 0's curves
+            tmp = out / ".model.pt.tmp"
+            torch.save(model.checkpoint(), tmp)
+            tmp.replace(out / "model.pt")
+            files["model"] = out / "model.pt"
+        return TrainResult(model, history, files)
+
+    def _fit_one(
+        self,
+        examples: Sequence[RankExample],
+        offset_column: int | None,
+        train_config: TrainConfig,
+        out_dir: str | Path | None,
+    ) -> TrainResult:
         examples = list(examples)
         if not examples:
             raise UserError("the ranker needs at least one dataset with ranked models")
@@ -510,8 +557,8 @@ class RankerTrainer(BaseTrainer):
                 f"ranker expects model_dim={cfg.model_dim}, data_dim={cfg.data_dim}; the data has "
                 f"{model_dim} and {data_dim}"
             )
-        tr, va = split_items(len(examples), self.train_config.val_fraction, self.train_config.seed)
-        torch.manual_seed(self.train_config.seed)
+        tr, va = split_items(len(examples), train_config.val_fraction, train_config.seed)
+        torch.manual_seed(train_config.seed)
         model = RankingTransformer(cfg)
         loss_name = self.loss
 
@@ -545,9 +592,9 @@ class RankerTrainer(BaseTrainer):
             loss_fn,
             _ListDataset([examples[i] for i in tr], augment=self.augment),
             _ListDataset([examples[i] for i in va], augment=False),
-            self.train_config,
+            train_config,
             collate=collate_lists,
-            out_dir=self.out_dir,
+            out_dir=out_dir,
             extra=extra,
             # with an offset the untrained ranker already ranks well, and ListMLE's loss falls by sharpening a
             # ranking alone: keep the epoch (or the start) whose rankings of the val lists are best instead
@@ -561,6 +608,8 @@ def trainers_from(options: LearnedRankerOptions) -> tuple[AutoencoderTrainer, Ca
     ae = AutoencoderTrainer(model=options.autoencoder, train=options.autoencoder_train)
 
     def make_ranker() -> RankerTrainer:
-        return RankerTrainer(model=options.model, loss=options.loss, train=options.train)
+        return RankerTrainer(
+            model=options.model, loss=options.loss, train=options.train, ensemble=options.ensemble
+        )
 
     return ae, make_ranker
