@@ -181,7 +181,5 @@ def assemble_shards(shard_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
             out[at + i : at + j] = part[i:j]
         at += count
     out.flush()
-    for s in shards:
-        for suffix in (".npy", ".labels.npy", ".count"):
-            s.with_suffix(suffix).unlink(missing_ok=True)
+    _remove_shards(shard_dir)
     return out, labels, {"seconds": 0.0, "images_per_s": 0.0, "num_images": total}

@@ -32,12 +32,12 @@ import torch
 from torch import nn
 
 from transferkit.errors import UserError
-from transferkit.select.options import AutoencoderConfig
+from transferkit.select.options import ACTIVATION_NAMES, AutoencoderConfig
 
 log = logging.getLogger(__name__)
 
 NUM_STATS = 8
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU}
+ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (nn.GELU, nn.ReLU, nn.LeakyReLU), strict=True))  # the options' names
 
 
 # ---------------------------------------------------------------------------------------------- statistics

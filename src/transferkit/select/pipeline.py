@@ -33,7 +33,7 @@ from transferkit.select.evaluate import LodoResult, leave_one_dataset_out, mean_
 from transferkit.select.model_embed import WeightAutoencoder, weight_statistics
 from transferkit.select.options import RANKER_FEATURES, EmbeddingSettings
 from transferkit.select.ranker import RankExample, RankingTransformer, load_ranker, predict_scores
-from transferkit.utils.io import atomic_write_json
+from transferkit.utils.io import atomic_write_json, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,8 @@ class LearnedRanker:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         for sub, model in (("autoencoder", self.autoencoder), ("ranker", self.ranker)):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-            tmp = out / sub / ".model.pt.tmp"
-            torch.save(model.checkpoint(), tmp)
-            tmp.replace(out / sub / "model.pt")
+            with atomic_writer(out / sub / "model.pt") as f:
+                torch.save(model.checkpoint(), f)
         return atomic_write_json(out / "ranker.json", {"settings": asdict(self.settings), **self.meta})
 
     @classmethod

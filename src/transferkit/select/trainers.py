@@ -51,7 +51,7 @@ from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_sco
     predict_scores,
     ranking_loss,
 )
-from transferkit.utils.io import atomic_write_json
+from transferkit.utils.io import atomic_write_json, atomic_writer
 from transferkit.utils.ranks import refuse_training_under_launcher
 
 log = logging.getLogger(__name__)
@@ -284,17 +284,23 @@ def fit_model(
         "seconds": time.perf_counter() - start,
         **(extra or {}),
     }
-    files: dict[str, Path] = {}
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        files["history"] = atomic_write_json(out / "history.json", history)
-        files["plot"] = plot_history(history, out / "loss_curves.png")
-        tmp = out / ".model.pt.tmp"
-        torch.save(model.checkpoint() if hasattr(model, "checkpoint") else model.state_dict(), tmp)
-        tmp.replace(out / "model.pt")
-        files["model"] = out / "model.pt"
+    files = write_run_files(out_dir, history, model) if out_dir is not None else {}
     return TrainResult(model, history, files)
+
+
+def write_run_files(out_dir: str | Path, history: dict[str, Any], model: nn.Module) -> dict[str, Path]:
+    """``history.json``, ``loss_curves.png`` and ``model.pt`` (its ``checkpoint()``, else its state dict) in
+    ``out_dir``, each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "history": atomic_write_json(out / "history.json", history),
+        "plot": plot_history(history, out / "loss_curves.png"),
+    }
+    with atomic_writer(out / "model.pt") as f:
+        torch.save(model.checkpoint() if hasattr(model, "checkpoint") else model.state_dict(), f)
+    files["model"] = out / "model.pt"
+    return files
 
 
 def rolling_mean(values: Sequence[float], window: int) -> np.ndarray:
@@ -514,15 +520,8 @@ class RankerTrainer(BaseTrainer):
                 for k, r in enumerate(results)
             ],
         }
-        files: dict[str, Path] = {}
-        if self.out_dir is not None:
-            out = Path(self.out_dir)
-            files["history"] = atomic_write_json(out / "history.json", history)
-            files["plot"] = plot_history(history, out / "loss_curves.png")  # member 0's curves
-            tmp = out / ".model.pt.tmp"
-            torch.save(model.checkpoint(), tmp)
-            tmp.replace(out / "model.pt")
-            files["model"] = out / "model.pt"
+        # the curves plotted are member 0's
+        files = write_run_files(self.out_dir, history, model) if self.out_dir is not None else {}
         return TrainResult(model, history, files)
 
     def _fit_one(
