@@ -715,7 +715,11 @@ def get_features(
     layers = None if layers is None else int(layers)
     fingerprint = datamodule.fingerprint(split)
     digest = weights_digest(bb)
-    device = device or default_device()
+    mode = resolve_mode(devices, num_nodes, strategy)
+    fabric = launched_fabric(accelerator, devices, num_nodes) if mode == "launched" else None
+    rank0 = fabric is None or fabric.global_rank == 0
+    # under a launcher this rank's device is Fabric's: the precision (and the key) are resolved for it
+    device = fabric.device if fabric is not None else device or default_device()
     precision = resolve_precision(precision, device)
     if storage not in STORAGES:
         raise UserError(f"unknown storage '{storage}'; choose one of {list(STORAGES)}")
@@ -758,9 +762,6 @@ def get_features(
         log.info("feature cache hit: %s %s (%s)", bb.name, split, found)
         return FeatureSet(labels, {**meta, "cache_hit": True}, found, arr).view(pooling, layers)
 
-    mode = resolve_mode(devices, num_nodes, strategy)
-    fabric = launched_fabric(accelerator, devices, num_nodes) if mode == "launched" else None
-    rank0 = fabric is None or fabric.global_rank == 0
     if fabric is not None and not cache:
         raise UserError(
             "a launcher-started extraction needs the feature cache (in a folder every node sees): drop cache=False"
@@ -773,8 +774,6 @@ def get_features(
     batch_size = int(batch_size or getattr(datamodule, "eval_batch_size", None) or 128)
     workers = int(num_workers if num_workers is not None else getattr(datamodule, "num_workers", 0))
     dataset = datamodule.dataset(split)
-    if fabric is not None:
-        device = fabric.device
     common: dict[str, Any] = dict(
         layers=layers,
         summaries=summaries,
