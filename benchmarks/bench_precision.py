@@ -1,6 +1,7 @@
 """Extraction precision and feature storage: the default compare with float32 compute and storage, float32
 compute with float16 storage, and the defaults (``--precision auto``: bfloat16 where the CPU/GPU has it, float16
-storage), each on an empty cache, next to the spread of the same figures over seeds.
+storage), each on an empty cache, next to the spread of the same figures over seeds. The probe grid's matmuls
+run in the setting's compute precision (``--probe.precision``: float32, or auto).
 
     python benchmarks/bench_precision.py [--seeds 5]
 
@@ -26,7 +27,8 @@ def compare(work: Path, precision: str, storage: str, *extra: str) -> tuple[dict
 
     start = time.perf_counter()
     argv = ["compare", "--config", str(ROOT / "configs" / "compare" / "default.yaml"), "--runs_dir", str(work),
-            "--cache_dir", str(work / "cache"), "--precision", precision, "--storage", storage, "--record_results",
+            "--cache_dir", str(work / "cache"), "--precision", precision, "--probe.precision", precision,
+            "--storage", storage, "--record_results",
             "false", "--progress", "false", *extra]  # fmt: skip
     assert main(argv) == 0
     return json.loads((work / "compare" / "results.json").read_text()), time.perf_counter() - start

@@ -381,6 +381,7 @@ STARTUP_ROWS = [
     (["compare", "--data.image_size", "0"], 2),
     (["compare", "--data.frobnicate", "3"], 2),
     (["extract", "--precision", "float8"], 2),
+    (["compare", "--probe.precision", "float16"], 2),
     (["rank", "--data", "digits", "--backbones", "[a, a]"], 2),
 ]
 

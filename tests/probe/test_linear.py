@@ -1,8 +1,10 @@
-"""The one-pass linear-probe grid: selection on val, exact per-head SGD, feature variants."""
+"""The one-pass linear-probe grid (selection on val, exact per-head SGD, feature variants) and the L-BFGS
+logistic-regression protocol against scikit-learn."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.errors import UserError
-from transferkit.probe.linear import LinearGridConfig, Variant, train_linear_grid
+from transferkit.probe.linear import (
+    LinearGridConfig,
+    LogRegConfig,
+    Variant,
+    train_linear_grid,
+    train_logistic_regression,
+)
 
 
 def blobs(n: int, dim: int, classes: int, separation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,14 +62,24 @@ def test_grid_picks_the_best_head_on_val_and_reports_it_on_test():
     assert set(res.to_dict()) == {"heads", "best", "val", "test", "config", "seconds", "steps"}
 
 
-def test_grid_equals_independent_heads_trained_with_torch_sgd():
-    """Per-head LRs via gradient scaling == one torch SGD param group per head (DINOv2's setup)."""
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_grid_equals_independent_heads_trained_with_torch_sgd(precision):
+    """Per-head LRs via gradient scaling == one torch SGD param group per head (DINOv2's setup), in float32 and
+    with bfloat16 matmuls (the reference heads then cast as autocast would)."""
     feats, labels = splits(8, separation=0.5)
     lrs, wds, batch, epochs, classes = (0.05, 0.5), (0.0, 1e-2), 64, 3, 4
     cfg = LinearGridConfig(
-        learning_rates=lrs, epochs=epochs, batch_size=batch, weight_decays=wds, normalize=False, seed=3
+        learning_rates=lrs,
+        epochs=epochs,
+        batch_size=batch,
+        weight_decays=wds,
+        normalize=False,
+        seed=3,
+        precision=precision,
     )
     res = train_linear_grid([Variant("v", feats)], labels, classes, cfg)
+    assert res.config["precision"] == precision
+    dt = getattr(torch, precision)
     pairs = [(lr, wd) for wd in wds for lr in lrs]  # the grid's head order
     assert [(h["lr"], h["weight_decay"]) for h in res.heads] == pairs
 
@@ -88,7 +106,10 @@ def test_grid_equals_independent_heads_trained_with_torch_sgd():
         perm = torch.randperm(200, generator=gen)
         for i in range(steps):
             idx = perm[i * batch : (i + 1) * batch]
-            loss = sum(F.cross_entropy(h(x[idx]), y[idx]) for h in heads)
+            loss = sum(
+                F.cross_entropy(F.linear(x[idx].to(dt), h.weight.to(dt), h.bias.to(dt)).float(), y[idx])
+                for h in heads
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -99,6 +120,10 @@ def test_grid_equals_independent_heads_trained_with_torch_sgd():
         torch.testing.assert_close(w[i], h.weight.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b[i], h.bias.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(w[0], init[:classes])  # the heads did train
+    if precision == "bfloat16":  # the matmuls did run in bfloat16: float32 training gives other weights
+        full = train_linear_grid([Variant("v", feats)], labels, classes, replace(cfg, precision="float32"))
+        assert not torch.allclose(full.model.weights[0], res.model.weights[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(full.model.weights[0], res.model.weights[0], rtol=0.05, atol=2e-3)
 
 
 def test_standardisation_makes_the_grid_scale_free():
@@ -148,3 +173,69 @@ def test_a_streaming_grid_equals_the_in_memory_grid_on_memory_mapped_features(di
     assert stream.test["acc1"] == memory.test["acc1"] and np.array_equal(stream.test_pred, memory.test_pred)
     for a, b in zip(stream.model.parameters(), memory.model.parameters()):
         assert torch.equal(a, b)  # the same heads, bit for bit
+
+
+# ---------------------------------------------------------------------------------------------- logistic regression
+def _sklearn_logreg(x_train, y_train, c):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, tol=1e-10, max_iter=20000).fit(x_train.numpy(), y_train.numpy())
+
+
+def test_logistic_regression_solves_scikit_learns_objective_and_picks_the_first_best_c():
+    """Each C's fit is scikit-learn's converged optimum of the same objective (standardised features, unpenalised
+    bias); the chosen C is the smallest with the best val top-1 (DINOv2's rule); test reports that fit."""
+    feats, labels = splits(4, separation=0.7)
+    powers = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    res = train_logistic_regression(feats, labels, 4, LogRegConfig(c_powers=powers, tol=1e-9))
+    assert [row["c"] for row in res.sweep] == pytest.approx([10.0**p for p in powers])
+    best = max(row["val_acc1"] for row in res.sweep)
+    tied = [row for row in res.sweep if row["val_acc1"] == best]
+    # this set ties C = 0.01 with larger Cs of lower val loss: the rule, not the loss, decides
+    assert len(tied) > 1 and min(tied, key=lambda row: row["val_loss"])["c"] != tied[0]["c"]
+    assert res.c == tied[0]["c"] == min(row["c"] for row in tied)
+
+    mean, std = feats["train"].double().mean(0), feats["train"].double().std(0, unbiased=False)
+    x = {s: (v.double() - mean) / std for s, v in feats.items()}
+    for row in res.sweep:
+        ref = _sklearn_logreg(x["train"], labels["train"], row["c"])
+        val_logp = torch.from_numpy(ref.predict_log_proba(x["val"].numpy()))
+        assert row["val_loss"] == pytest.approx(float(F.nll_loss(val_logp, labels["val"])), abs=1e-6)
+        assert row["val_acc1"] == pytest.approx(ref.score(x["val"].numpy(), labels["val"].numpy()))
+    ref = _sklearn_logreg(x["train"], labels["train"], res.c)
+    assert np.array_equal(res.test_pred, ref.predict(x["test"].numpy()))
+    assert res.test["acc1"] == pytest.approx(ref.score(x["test"].numpy(), labels["test"].numpy()))
+
+
+def test_logistic_regression_refit_trains_the_chosen_c_on_train_and_val():
+    feats, labels = splits(6, separation=0.4)
+    cfg = LogRegConfig(c_powers=(-1.0, 0.0), tol=1e-9)
+    plain = train_logistic_regression(feats, labels, 4, cfg)
+    refit = train_logistic_regression(feats, labels, 4, replace(cfg, refit=True))
+    assert refit.c == plain.c and refit.val == plain.val  # the choice is made before the refit
+    mean, std = feats["train"].double().mean(0), feats["train"].double().std(0, unbiased=False)
+    x = {s: (v.double() - mean) / std for s, v in feats.items()}  # standardised with the train statistics
+    ref = _sklearn_logreg(
+        torch.cat([x["train"], x["val"]]), torch.cat([labels["train"], labels["val"]]), refit.c
+    )
+    assert np.array_equal(refit.test_pred, ref.predict(x["test"].numpy()))
+    assert refit.test["loss"] == pytest.approx(
+        float(F.nll_loss(torch.from_numpy(ref.predict_log_proba(x["test"].numpy())), labels["test"])),
+        abs=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": LogRegConfig(c_powers=())}, "at least one C"),
+        ({"config": LogRegConfig(max_iter=0)}, "max_iter must be >= 1"),
+        ({"features": "no val"}, "needs 'val' features and labels"),
+    ],
+)
+def test_logistic_regression_rejects_bad_input(change, message):
+    feats, labels = splits(4, separation=1.0)
+    if change.get("features") == "no val":
+        feats = {k: v for k, v in feats.items() if k != "val"}
+    with pytest.raises(UserError, match=message):
+        train_logistic_regression(feats, labels, 4, change.get("config"))

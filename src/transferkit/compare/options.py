@@ -13,6 +13,7 @@ from transferkit.probe.options import (
     DEFAULT_LEARNING_RATES,
     DEFAULT_TEMPERATURE,
     DEFAULT_WEIGHT_DECAYS,
+    GRID_PRECISIONS,
 )
 
 DEFAULT_BACKBONES = ("minilm-l6", "minilm-l6:random", "vit-tiny:random")
@@ -47,6 +48,8 @@ class ProbeOptions:
         normalize: standardise features with the training mean/std (BN(affine=False)-style).
         logreg: also the logistic-regression protocol (DINOv2's ``log_regression``: L-BFGS, C = 10 ** p over 45
             powers from -6 to 5, swept on train, chosen on val) on the feature variant the grid chose on val.
+        precision: the grid's training matmuls: ``auto`` (bfloat16 where the device runs it fast, as
+            ``--precision``; else float32), ``float32`` or ``bfloat16``; weights, loss and evaluation stay float32.
     """
 
     epochs: int = 100
@@ -57,9 +60,14 @@ class ProbeOptions:
     weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
     normalize: bool = True
     logreg: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _at_least("probe.epochs", self.epochs, 1)
+        if self.precision not in GRID_PRECISIONS:
+            raise UserError(
+                f"unknown probe.precision '{self.precision}'; choose one of {list(GRID_PRECISIONS)}"
+            )
         _at_least("probe.batch_size", self.batch_size, 1)
         if not self.learning_rates or any(not lr > 0 for lr in self.learning_rates):
             raise UserError(f"probe.learning_rates must be positive numbers, got {self.learning_rates}")

@@ -359,13 +359,15 @@ def build_report(results: dict[str, Any], plots: dict[str, Path]) -> Report:
     details = report.section("details", "Details")
     details.add_table(grid_table(results), key="grid").add_table(knn_table(results), key="knn")
     probe, knn = proto["probe"], proto["knn"]
+    n_decays = len(probe.get("weight_decays", [0.0]))  # results of versions before the decay axis lack it
     method = [
         "Every backbone is frozen; its features are extracted once per split (no augmentation, eval transform) "
         "and cached on disk.",
-        f"**Linear probe**: {len(probe['learning_rates'])} learning rates x poolings x last-k blocks "
-        f"({', '.join(str(k) for k in probe['layers'])}) trained together for {probe['epochs']} epochs (SGD, "
-        f"momentum 0.9, cosine schedule, batch {probe['batch_size']}, LR scaled by batch/256, features "
-        "standardised with train statistics); the head with the best val top-1 is reported on test.",
+        f"**Linear probe**: {len(probe['learning_rates'])} learning rates x {n_decays} weight "
+        f"decays x poolings x last-k blocks ({', '.join(str(k) for k in probe['layers'])}) trained together for "
+        f"{probe['epochs']} epochs (SGD, momentum 0.9, cosine schedule, batch {probe['batch_size']}, LR scaled by "
+        f"batch/256, features standardised with train statistics, {probe.get('precision', 'float32')} matmuls); "
+        "the head with the best val top-1 is reported on test.",
         "**Logistic regression** (DINOv2's protocol): L-BFGS on the standardised features of the variant the grid "
         "chose, C = 10^p for 45 powers p from -6 to 5, swept on train, chosen on val, reported on test.",
         f"**kNN**: cosine similarity on L2-normalised final-layer features, votes exp(sim/{knn['temperature']}), "

@@ -48,6 +48,7 @@ from transferkit.probe.knn import knn_evaluate
 from transferkit.probe.linear import (
     LinearGridConfig,
     feature_variants,
+    resolve_grid_precision,
     train_linear_grid,
     train_logistic_regression,
 )
@@ -194,6 +195,7 @@ def compare_backbone(
         weight_decays=tuple(probe.weight_decays),
         normalize=probe.normalize,
         seed=seed,
+        precision=probe.precision,
     )
     grid = train_linear_grid(variants, labels, datamodule.num_classes, grid_cfg, device=device)
     logreg = None
@@ -389,7 +391,7 @@ def run_compare(
         "run": run.name,
         "dataset": dataset,
         "protocol": {
-            "probe": asdict(probe),
+            "probe": {**asdict(probe), "precision": resolve_grid_precision(probe.precision, device)},
             "knn": asdict(knn),
             "finetune": asdict(finetune) if finetune is not None else None,
             "seed": seed,

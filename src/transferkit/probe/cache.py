@@ -65,7 +65,12 @@ from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.probe.distributed import extract_on_ranks, extract_sharded, launched_fabric, resolve_mode
 from transferkit.probe.options import PRECISIONS, ExtractOptions  # noqa: F401  (re-exported)
-from transferkit.utils.devices import default_device, resolve_device
+from transferkit.utils.devices import (  # noqa: F401  (cpu_has_fast_bf16 re-exported)
+    cpu_has_fast_bf16,
+    default_device,
+    resolve_device,
+    resolve_precision,
+)
 from transferkit.utils.digest import tensors_digest
 from transferkit.utils.io import atomic_write_json, file_lock
 
@@ -85,28 +90,6 @@ assert PRECISIONS == ("auto", *DTYPES)
 #: how stored summaries are kept on disk (bfloat16 as its raw 16 bits, numpy has no bfloat16)
 STORAGES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 FLOAT16_MAX = 65504.0
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AVX-512-BF16 or AMX; Linux ``/proc/cpuinfo``)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``auto`` -> ``bfloat16`` on a CUDA device with bfloat16 or a CPU with AVX-512-BF16 / AMX, else
-    ``float32``; any other value is returned as it is (checked)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision '{precision}'; choose one of {list(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if dev.type == "cpu" and cpu_has_fast_bf16() else "float32"
 
 
 class StorageOverflow(Exception):

@@ -11,10 +11,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from transferkit.errors import UserError
+from transferkit.utils.devices import PRECISIONS
 from transferkit.utils.ranks import launched_world
 
-#: compute precisions of an extraction; ``auto`` is bfloat16 autocast where the device runs it fast
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: precisions of the linear-probe grid's training matmuls (float16 would need loss scaling)
+GRID_PRECISIONS = ("auto", "float32", "bfloat16")
 #: strategies of a distributed extraction: it is data-parallel (every process holds the whole frozen backbone and
 #: a block of the images), so Lightning's ``ddp_spawn`` (the command starts one process per device) or ``ddp``
 #: (a launcher, torchrun, started the processes, on one node or several); ``auto`` picks the one that applies
