@@ -58,9 +58,9 @@ def main() -> None:
             cells.append(
                 f"{pct(r['linear']['test_acc1'])} / {pct(r['logreg']['test_acc1'])} / {pct(r['knn']['test_acc1'])}"
             )
-        sd = e["seeds"]
+        sd = e.get("seeds")  # absent with --seeds 1
         cells.append(f"{pct(sd['linear']['mean'])} ({100 * sd['linear']['std']:.2f}) / - / "
-                     f"{pct(sd['knn']['mean'])} ({100 * sd['knn']['std']:.2f})")  # fmt: skip
+                     f"{pct(sd['knn']['mean'])} ({100 * sd['knn']['std']:.2f})" if sd else "-")  # fmt: skip
         print(f"| {e['name']} | " + " | ".join(cells) + " |")
     speeds = [
         " / ".join(f"{r['throughput_img_s']:,.0f}" for r in res["backbones"]) for res, _ in runs.values()
