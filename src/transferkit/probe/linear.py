@@ -17,8 +17,8 @@ Differences, on purpose:
 - one head per (learning rate, weight decay) pair: DINOv2 searches the learning rate only; on small data the
   decay axis gains points (CLIP_benchmark sweeps it too);
 - the training matmuls run in bfloat16 where the device runs it fast (``precision='auto'``; float32 master
-  weights, loss and evaluation): 1.9x faster on a 2-core CPU with AVX-512-BF16 when idle threads spin, 1.3x
-  under the passive wait transferkit sets (``benchmarks/bench_probes.py --precision``).
+  weights, loss and evaluation): 1.3x faster on a 2-core CPU with AVX-512-BF16 (``benchmarks/bench_probes.py
+  --precision float32`` against the default).
 
 A *feature variant* is a pooling of the last ``k`` blocks, concatenated over the blocks (DINOv2's
 ``n_last_blocks``; its ``avgpool`` variant is our ``cls+mean``): ``(N, k, D) -> (N, k * D)``.
@@ -494,8 +494,7 @@ def train_logistic_regression(
     device: str | torch.device = "cpu",
 ) -> LogRegResult:
     """Sweep C on ``train`` (warm-started from strong to weak regularisation), choose the best val top-1 (ties:
-    the smallest C, as DINOv2's sweep, whose metric tracker keeps the first best of the ascending Cs), report
-    ``test``.
+    lower val loss, then smaller C; DINOv2 keeps the smallest C of a tie), report ``test``.
 
     Args:
         features: ``{'train': (N, D), 'val': (N, D)[, 'test': (N, D)]}`` float tensors.
@@ -536,7 +535,7 @@ def train_logistic_regression(
                 }
             )
         weights.append(w)
-    best_i = min(range(len(sweep)), key=lambda i: (-sweep[i]["val_acc1"], i))  # sweep: ascending C
+    best_i = min(range(len(sweep)), key=lambda i: (-sweep[i]["val_acc1"], sweep[i]["val_loss"], i))
     best_w, c = weights[best_i], sweep[best_i]["c"]
     val = _metrics(_affine(x["val"], best_w).float(), y["val"], num_classes)
     if cfg.refit:
