@@ -48,7 +48,6 @@ from transferkit.probe.knn import knn_evaluate
 from transferkit.probe.linear import (
     LinearGridConfig,
     feature_variants,
-    resolve_grid_precision,
     train_linear_grid,
     train_logistic_regression,
 )
@@ -391,7 +390,7 @@ def run_compare(
         "run": run.name,
         "dataset": dataset,
         "protocol": {
-            "probe": {**asdict(probe), "precision": resolve_grid_precision(probe.precision, device)},
+            "probe": {**asdict(probe), "precision": resolve_precision(probe.precision, device)},
             "knn": asdict(knn),
             "finetune": asdict(finetune) if finetune is not None else None,
             "seed": seed,

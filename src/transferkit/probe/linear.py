@@ -100,12 +100,6 @@ class LinearGridConfig:
             )
 
 
-def resolve_grid_precision(precision: str, device: str | torch.device) -> str:
-    """``auto`` -> ``bfloat16`` where the device runs bfloat16 matmuls fast (see
-    :func:`~transferkit.utils.devices.resolve_precision`), else ``float32``."""
-    return resolve_precision(precision, device) if precision == "auto" else precision
-
-
 @dataclass
 class Variant:
     """One feature variant: ``features[split]`` is ``(N_split, D)`` (a tensor, an array or a memory-mapped
@@ -311,7 +305,7 @@ def train_linear_grid(
                 )
     total = sum(FeatureRows(x).nbytes for v in variants for x in v.features.values())
     in_memory = total <= cfg.max_in_memory_mb * 2**20
-    precision = resolve_grid_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device)  # auto -> bfloat16 where fast, else float32
     compute = torch.bfloat16 if precision == "bfloat16" else torch.float32
     feats = {v.name: _Standardized(v, cfg.normalize, device, in_memory, compute) for v in variants}
     stats = {name: f.stats for name, f in feats.items()}
