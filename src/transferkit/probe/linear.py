@@ -47,7 +47,7 @@ from transferkit.probe.options import (  # noqa: F401  (re-exported)
     LogRegConfig,
 )
 from transferkit.probe.rows import FeatureRows
-from transferkit.utils.devices import resolve_precision
+from transferkit.utils.devices import intra_op_threads, resolve_precision, threads_for_flops
 
 log = logging.getLogger(__name__)
 
@@ -333,22 +333,27 @@ def train_linear_grid(
     start = time.perf_counter()
     train_x = [feats[v.name] for v in variants]
     y_train = y["train"]
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n_train, generator=gen)
-        for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            yb = y_train[idx.to(device)][:, None].expand(-1, n_heads)  # (B, H)
-            loss = 0.0
-            for vi, x in enumerate(train_x):
-                logits = heads.forward_variant(vi, x.take("train", idx), compute)  # (B, H, C)
-                # sum over heads of each head's mean cross-entropy (DINOv2 sums the heads' losses); the classes
-                # as dim 1 of a (B, C, H) view: torch's CPU log-softmax over a last dim of ~10 is 4x slower
-                loss = loss + F.cross_entropy(logits.transpose(1, 2), yb, reduction="sum") / len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            heads.scale_grads(head_lr, head_wd)
-            optimizer.step()
-            scheduler.step()
+    # a step is many small kernels: on a CPU, as many threads as its largest matmul (B x D x H * C) keeps busy
+    step_flops = 2 * min(cfg.batch_size, n_train) * max(v.dim for v in variants) * n_heads * num_classes
+    threads = threads_for_flops(step_flops, device)
+    with intra_op_threads(threads):
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n_train, generator=gen)
+            for i in range(steps_per_epoch):
+                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                yb = y_train[idx.to(device)][:, None].expand(-1, n_heads)  # (B, H)
+                loss = 0.0
+                for vi, x in enumerate(train_x):
+                    logits = heads.forward_variant(vi, x.take("train", idx), compute)  # (B, H, C)
+                    # sum over heads of each head's mean cross-entropy (DINOv2 sums the heads' losses); the
+                    # classes as dim 1 of a (B, C, H) view: torch's CPU log-softmax over a last dim of ~10 is 4x
+                    # slower
+                    loss = loss + F.cross_entropy(logits.transpose(1, 2), yb, reduction="sum") / len(idx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                heads.scale_grads(head_lr, head_wd)
+                optimizer.step()
+                scheduler.step()
     seconds = time.perf_counter() - start
 
     rows: list[dict[str, Any]] = []
@@ -390,8 +395,8 @@ def train_linear_grid(
         test = _metrics(logits, y["test"], num_classes)
         test_pred = logits.argmax(-1).cpu().numpy()
     log.info(
-        "linear grid: %d heads (%d variants x %d LRs x %d weight decays), %d epochs, %d steps (%s) in %.1fs; "
-        "best %s val %.4f test %s",
+        "linear grid: %d heads (%d variants x %d LRs x %d weight decays), %d epochs, %d steps (%s, %s) in "
+        "%.1fs; best %s val %.4f test %s",
         len(rows),
         len(variants),
         len(lrs),
@@ -399,6 +404,7 @@ def train_linear_grid(
         cfg.epochs,
         total_steps,
         precision,
+        f"{threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else device.type,
         seconds,
         best["name"],
         best["val_acc1"],
@@ -515,26 +521,30 @@ def train_logistic_regression(
     start = time.perf_counter()
     w = torch.zeros(x["train"].shape[1] + 1, num_classes, dtype=dtype, device=device)
     sweep, weights = [], []
-    for p in sorted(cfg.c_powers):
-        c = float(10.0**p)
-        w, iterations = _fit_logreg(x["train"], y["train"], num_classes, c, w, cfg)
-        with torch.no_grad():
-            logits = _affine(x["val"], w)
-            sweep.append(
-                {
-                    "c": c,
-                    "val_acc1": float((logits.argmax(-1) == y["val"]).float().mean()),
-                    "val_loss": float(F.cross_entropy(logits, y["val"])),
-                    "iterations": iterations,
-                }
-            )
-        weights.append(w)
-    best_i = min(range(len(sweep)), key=lambda i: (-sweep[i]["val_acc1"], sweep[i]["val_loss"], i))
-    best_w, c = weights[best_i], sweep[best_i]["c"]
-    val = _metrics(_affine(x["val"], best_w).float(), y["val"], num_classes)
-    if cfg.refit:
-        xy = torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]])
-        best_w, _ = _fit_logreg(xy[0], xy[1], num_classes, c, best_w, cfg)
+    # an L-BFGS iteration is a few small kernels over (N, D) x (D, K): threads by that matmul's size
+    n_fit = len(y["train"]) + (len(y["val"]) if cfg.refit else 0)
+    threads = threads_for_flops(2 * n_fit * w.numel(), device)
+    with intra_op_threads(threads):
+        for p in sorted(cfg.c_powers):
+            c = float(10.0**p)
+            w, iterations = _fit_logreg(x["train"], y["train"], num_classes, c, w, cfg)
+            with torch.no_grad():
+                logits = _affine(x["val"], w)
+                sweep.append(
+                    {
+                        "c": c,
+                        "val_acc1": float((logits.argmax(-1) == y["val"]).float().mean()),
+                        "val_loss": float(F.cross_entropy(logits, y["val"])),
+                        "iterations": iterations,
+                    }
+                )
+            weights.append(w)
+        best_i = min(range(len(sweep)), key=lambda i: (-sweep[i]["val_acc1"], sweep[i]["val_loss"], i))
+        best_w, c = weights[best_i], sweep[best_i]["c"]
+        val = _metrics(_affine(x["val"], best_w).float(), y["val"], num_classes)
+        if cfg.refit:
+            xy = torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]])
+            best_w, _ = _fit_logreg(xy[0], xy[1], num_classes, c, best_w, cfg)
     test = test_pred = None
     if "test" in x and "test" in y:
         logits = _affine(x["test"], best_w).float()
@@ -542,9 +552,10 @@ def train_logistic_regression(
         test_pred = logits.argmax(-1).cpu().numpy()
     seconds = time.perf_counter() - start
     log.info(
-        "logistic regression: %d values of C in %.1fs; best C %.3g val %.4f test %s",
+        "logistic regression: %d values of C in %.1fs (%s); best C %.3g val %.4f test %s",
         len(sweep),
         seconds,
+        f"{threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else device.type,
         c,
         sweep[best_i]["val_acc1"],
         f"{test['acc1']:.4f}" if test else "-",

@@ -28,7 +28,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from transferkit.errors import UserError
+from transferkit.utils.devices import intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -103,22 +103,12 @@ def _one_hot(y: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
-@contextmanager
-def _single_thread_lapack():
-    # Measured on 2 shared cores: MKL's multi-threaded syevd on a 1024x1024 float64 matrix took 9-32 s when
-    # the cores were busy (threads spin-wait on each other) and 0.65 s single-threaded; on a quiet machine the
-    # threaded version is at best ~1.3x faster. Eigendecompositions therefore run on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
+# Measured on 2 shared cores: MKL's multi-threaded syevd on a 1024x1024 float64 matrix took 9-32 s when the cores
+# were busy (threads spin-wait on each other) and 0.65 s single-threaded; on a quiet machine the threaded version
+# is at best ~1.3x faster. Eigendecompositions therefore run on one thread.
 def sym_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors (columns) of a symmetric float64 matrix."""
-    with _single_thread_lapack():
+    with intra_op_threads(1):
         w, v = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)))
     return w.numpy(), v.numpy()
 

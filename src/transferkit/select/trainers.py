@@ -51,6 +51,7 @@ from transferkit.select.ranker import (  # noqa: F401  (RankExample, predict_sco
     predict_scores,
     ranking_loss,
 )
+from transferkit.utils.devices import intra_op_threads
 from transferkit.utils.io import atomic_write_json, atomic_writer
 from transferkit.utils.ranks import refuse_training_under_launcher
 
@@ -234,37 +235,35 @@ def fit_model(
     refuse_training_under_launcher("training the ranker's networks")
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
     levels = [q.level for q in quiet]
-    threads = torch.get_num_threads()
     start = time.perf_counter()
     try:
         for q in quiet:  # "GPU available: False..." once per fit is noise in leave-one-out loops
             q.setLevel(logging.WARNING)
         # These models are tiny (steps of a few ms): intra-op threads only add synchronisation. Measured on
         # 2 shared cores, a ranker step took 35 ms on one thread and 270-1300 ms on two.
-        torch.set_num_threads(1)
-        trainer = L.Trainer(
-            max_epochs=cfg.max_epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=cfg.progress,
-            gradient_clip_val=cfg.grad_clip or None,
-            callbacks=callbacks,
-            num_sanity_val_steps=0,
-            log_every_n_steps=1,
-            deterministic=True,
-        )
-        with warnings.catch_warnings():
-            # tiny in-memory loaders: Lightning's worker/batch-count advice is moot; the treespec warning is
-            # lightning 2.6's own use of a torch deprecation
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*number of training batches.*")
-            warnings.filterwarnings("ignore", ".*treespec.*")
-            trainer.fit(lit, train_loader, val_loader)
+        with intra_op_threads(1):
+            trainer = L.Trainer(
+                max_epochs=cfg.max_epochs,
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=cfg.progress,
+                gradient_clip_val=cfg.grad_clip or None,
+                callbacks=callbacks,
+                num_sanity_val_steps=0,
+                log_every_n_steps=1,
+                deterministic=True,
+            )
+            with warnings.catch_warnings():
+                # tiny in-memory loaders: Lightning's worker/batch-count advice is moot; the treespec warning is
+                # lightning 2.6's own use of a torch deprecation
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                warnings.filterwarnings("ignore", ".*number of training batches.*")
+                warnings.filterwarnings("ignore", ".*treespec.*")
+                trainer.fit(lit, train_loader, val_loader)
     finally:
-        torch.set_num_threads(threads)
         for q, level in zip(quiet, levels):
             q.setLevel(level)
     best_epoch, best_val = None, None
