@@ -20,23 +20,29 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
+BF16, F32 = MIN_FLOPS_PER_THREAD["bfloat16"], MIN_FLOPS_PER_THREAD["float32"]
+
+
 @pytest.mark.parametrize(
-    "flops, device, expected",
+    "flops, device, dtype, expected",
     [
-        (0, "cpu", 1),
-        (MIN_FLOPS_PER_THREAD * 0.99, "cpu", 1),
-        (MIN_FLOPS_PER_THREAD * 1.5, "cpu", 1),
-        (MIN_FLOPS_PER_THREAD * 2, "cpu", 2),
-        (MIN_FLOPS_PER_THREAD * 1e3, "cpu", 2),  # never more than torch has
-        (0, "meta", 2),  # not a CPU: torch's threads unchanged
+        (0, "cpu", torch.float32, 1),
+        (F32 * 0.99, "cpu", torch.float32, 1),
+        (F32 * 1.5, "cpu", "float32", 1),
+        (F32 * 2, "cpu", torch.float32, 2),
+        (F32 * 2, "cpu", torch.bfloat16, 1),  # the same FLOPs run ~8x faster in bfloat16: one thread
+        (BF16 * 2, "cpu", torch.bfloat16, 2),
+        (BF16 * 1e3, "cpu", torch.bfloat16, 2),  # never more than torch has
+        (F32 * 2, "cpu", "int8", 2),  # an unlisted dtype counts as float32
+        (0, "meta", torch.float32, 2),  # not a CPU: torch's threads unchanged
     ],
 )
-def test_threads_for_flops(two_threads, flops, device, expected):
-    assert threads_for_flops(flops, device) == expected
+def test_threads_for_flops(two_threads, flops, device, dtype, expected):
+    assert threads_for_flops(flops, device, dtype) == expected
 
 
 def test_threads_for_flops_without_a_threshold_uses_every_thread(two_threads, monkeypatch):
-    monkeypatch.setattr(devices, "MIN_FLOPS_PER_THREAD", 0.0)
+    monkeypatch.setitem(devices.MIN_FLOPS_PER_THREAD, "float32", 0.0)
     assert threads_for_flops(1.0) == 2
 
 
@@ -91,7 +97,7 @@ def test_small_grid_and_logreg_train_on_one_thread_and_restore(two_threads, grid
 def test_large_grid_steps_use_every_thread(two_threads, grid_threads, monkeypatch):
     seen = grid_threads
     # 2 * batch * D * heads * classes over the threshold twice: both threads
-    monkeypatch.setattr(devices, "MIN_FLOPS_PER_THREAD", 1.0)
+    monkeypatch.setattr(devices, "MIN_FLOPS_PER_THREAD", dict.fromkeys(devices.MIN_FLOPS_PER_THREAD, 1.0))
     feats, labels, classes = _problem(8)
     train_linear_grid([Variant("v", feats, {})], labels, classes, LinearGridConfig(epochs=1, batch_size=32))
     assert seen and set(seen) == {2}

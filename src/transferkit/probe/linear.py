@@ -335,7 +335,7 @@ def train_linear_grid(
     y_train = y["train"]
     # a step is many small kernels: on a CPU, as many threads as its largest matmul (B x D x H * C) keeps busy
     step_flops = 2 * min(cfg.batch_size, n_train) * max(v.dim for v in variants) * n_heads * num_classes
-    threads = threads_for_flops(step_flops, device)
+    threads = threads_for_flops(step_flops, device, compute)
     with intra_op_threads(threads):
         for _ in range(cfg.epochs):
             perm = torch.randperm(n_train, generator=gen)
@@ -523,7 +523,7 @@ def train_logistic_regression(
     sweep, weights = [], []
     # an L-BFGS iteration is a few small kernels over (N, D) x (D, K): threads by that matmul's size
     n_fit = len(y["train"]) + (len(y["val"]) if cfg.refit else 0)
-    threads = threads_for_flops(2 * n_fit * w.numel(), device)
+    threads = threads_for_flops(2 * n_fit * w.numel(), device, dtype)
     with intra_op_threads(threads):
         for p in sorted(cfg.c_powers):
             c = float(10.0**p)

@@ -56,23 +56,35 @@ def resolve_precision(precision: str, device: Any) -> str:
     return "bfloat16" if dev.type == "cpu" and cpu_has_fast_bf16() else "float32"
 
 
-#: Work per intra-op thread below which another thread costs more than it gains: the FLOPs of a step's largest
-#: matmul divided by the threads that share it. Measured on 2 cores with sleeping (passive) OpenMP threads, a
-#: linear-probe grid step (batch 256, 360 outputs) took 2.7 ms on one thread and 3.4 ms on two at 1,536
-#: features (0.28 GFLOP), 5.4 and 4.3 ms at 3,840 features (0.71 GFLOP): ``python benchmarks/bench_threads.py``.
-MIN_FLOPS_PER_THREAD = 2.5e8
+#: Work per intra-op thread, by the matmul's dtype, below which another thread costs more than it gains: the FLOPs
+#: of a loop step's largest matmul divided by the threads that share it. A kernel pays for a second thread once it
+#: runs for a millisecond or two on one, which takes fewer FLOPs in float32 than in bfloat16. Measured on 2 cores
+#: with sleeping (passive) OpenMP threads, ``python benchmarks/bench_threads.py --part sizes`` (a probe grid of
+#: 4 x 36 heads, batch 256, 10 classes; seconds on 1 / 2 threads): bfloat16 2.81 / 3.20 s at 1,536 features,
+#: 6.19 / 5.60 s at 3,840; float32 1.94 / 2.38 s at 384, 5.70 / 4.78 s at 1,536; the float64 logistic
+#: regression at 1,537 features 3.41 / 2.08 s on 5,000 rows. The rule is within 6% of the faster of the two on
+#: every size there, and up to 1.6x faster than all threads.
+MIN_FLOPS_PER_THREAD: dict[str, float] = {
+    "bfloat16": 2.5e8,
+    "float16": 2.5e8,
+    "float32": 7.5e7,
+    "float64": 5e7,
+}
 
 
-def threads_for_flops(flops: float, device: Any = "cpu") -> int:
-    """Intra-op threads for a loop of kernels whose largest does ``flops`` FLOPs: all of torch's threads on
-    large ones, fewer (down to 1) on small ones, where waking threads for each of many small kernels costs
-    more than they gain; on a non-CPU device, torch's threads unchanged."""
+def threads_for_flops(flops: float, device: Any = "cpu", dtype: Any = "float32") -> int:
+    """Intra-op threads for a loop of kernels whose largest does ``flops`` FLOPs in ``dtype`` (a torch dtype or
+    its name): all of torch's threads on large ones, fewer (down to 1) on small ones, where waking threads for
+    each of many small kernels costs more than they gain (:data:`MIN_FLOPS_PER_THREAD`); on a non-CPU device,
+    torch's threads unchanged."""
     import torch
 
     threads = torch.get_num_threads()
     if torch.device(device).type != "cpu":
         return threads
-    return max(1, min(threads, int(flops // MIN_FLOPS_PER_THREAD) if MIN_FLOPS_PER_THREAD > 0 else threads))
+    name = str(dtype).removeprefix("torch.")
+    per_thread = MIN_FLOPS_PER_THREAD.get(name, MIN_FLOPS_PER_THREAD["float32"])
+    return max(1, min(threads, int(flops // per_thread) if per_thread > 0 else threads))
 
 
 @contextmanager
