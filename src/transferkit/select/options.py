@@ -190,7 +190,9 @@ class LearnedRankerOptions:
         autoencoder: the weight autoencoder's shape (``input_dim`` comes from ``embedding.stats_dim``).
         autoencoder_train: its optimisation.
         model: the ranking transformer's shape (``model_dim``/``data_dim`` come from the embeddings).
-        loss: ranking loss, ``listmle`` or ``pairwise``.
+        loss: ranking loss, ``pairwise`` (RankNet weighted by each pair's accuracy gap: swapping two models whose
+            accuracies differ by a test image or two costs little) or ``listmle`` (the likelihood of the whole
+            measured order, near-ties included).
         train: the ranker's optimisation.
         features: per (model, dataset) inputs next to the model embedding: ``scores`` (the table's
             training-free scores, z-scored within each dataset's list), ``prior`` (the mean-rank prior over the
@@ -209,7 +211,7 @@ class LearnedRankerOptions:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     autoencoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(max_epochs=300))
     model: RankerConfig = field(default_factory=RankerConfig)
-    loss: str = "listmle"
+    loss: str = "pairwise"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_epochs=200))
     features: list[str] = field(default_factory=lambda: ["scores", "prior"])
     offset: str = "none"

@@ -476,7 +476,7 @@ class RankerTrainer(BaseTrainer):
     def __init__(
         self,
         model: RankerConfig | Mapping[str, Any] | None = None,
-        loss: str = "listmle",
+        loss: str = "pairwise",
         augment: bool = True,
         ensemble: int = 1,
         **kwargs: Any,
@@ -568,7 +568,7 @@ class RankerTrainer(BaseTrainer):
 
         def val_weighted_tau(m: nn.Module) -> float:
             """Mean weighted tau of ``m``'s rankings of the validation lists (what the ranker is judged by;
-            ListMLE's loss also falls by merely sharpening a ranking)."""
+            either ranking loss also falls by merely sharpening a ranking)."""
             taus = []
             for ex in val_lists:
                 pred = dict(zip(ex.models, map(float, predict_scores(m, ex.data_tokens, ex.model_codes))))
@@ -594,7 +594,7 @@ class RankerTrainer(BaseTrainer):
             collate=collate_lists,
             out_dir=out_dir,
             extra=extra,
-            # with an offset the untrained ranker already ranks well, and ListMLE's loss falls by sharpening a
+            # with an offset the untrained ranker already ranks well, and a ranking loss falls by sharpening a
             # ranking alone: keep the epoch (or the start) whose rankings of the val lists are best instead
             select=val_weighted_tau if val_lists and cfg.offset_column is not None else None,
             keep_initial=cfg.offset_column is not None,
