@@ -404,7 +404,7 @@ def train_linear_grid(
         cfg.epochs,
         total_steps,
         precision,
-        f"{threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else device.type,
+        _where(device, threads),
         seconds,
         best["name"],
         best["val_acc1"],
@@ -555,7 +555,7 @@ def train_logistic_regression(
         "logistic regression: %d values of C in %.1fs (%s); best C %.3g val %.4f test %s",
         len(sweep),
         seconds,
-        f"{threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else device.type,
+        _where(device, threads),
         c,
         sweep[best_i]["val_acc1"],
         f"{test['acc1']:.4f}" if test else "-",
@@ -563,6 +563,11 @@ def train_logistic_regression(
     return LogRegResult(
         sweep, c, val, test, {**asdict(cfg), "c_powers": list(cfg.c_powers)}, seconds, test_pred
     )
+
+
+def _where(device: torch.device, threads: int) -> str:
+    """``'1 thread'`` / ``'2 threads'`` on a CPU, else the device type (for the log lines)."""
+    return f"{threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else device.type
 
 
 def _affine(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

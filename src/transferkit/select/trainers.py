@@ -470,7 +470,7 @@ class RankerTrainer(BaseTrainer):
 
     name = "ranker"
     description = (
-        "cross-attention ranking transformer (dataset tokens x model embeddings), ListMLE or pairwise"
+        "cross-attention ranking transformer (dataset tokens x model embeddings), pairwise or ListMLE loss"
     )
 
     def __init__(
