@@ -62,8 +62,8 @@ def resolve_precision(precision: str, device: Any) -> str:
 #: with sleeping (passive) OpenMP threads, ``python benchmarks/bench_threads.py --part sizes`` (a probe grid of
 #: 4 x 36 heads, batch 256, 10 classes; seconds on 1 / 2 threads): bfloat16 2.81 / 3.20 s at 1,536 features,
 #: 6.19 / 5.60 s at 3,840; float32 1.94 / 2.38 s at 384, 5.70 / 4.78 s at 1,536; the float64 logistic
-#: regression at 1,537 features 3.41 / 2.08 s on 5,000 rows. The rule is within 6% of the faster of the two on
-#: every size there, and up to 1.6x faster than all threads.
+#: regression at 1,537 features 3.41 / 2.08 s on 5,000 rows. The rule is within 7% (one run each) of the faster
+#: of the two on every size there, and up to 1.6x faster than all threads.
 MIN_FLOPS_PER_THREAD: dict[str, float] = {
     "bfloat16": 2.5e8,
     "float16": 2.5e8,
