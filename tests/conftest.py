@@ -14,19 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from transferkit.data.detection.shapes import ShapesConfig, make_shapes
+from transferkit.utils.devices import intra_op_threads
 from transferkit.vlm.tiny import ensure_tiny_qwen2_5_vl
 
 
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: tiny models only lose to thread hand-offs on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with intra_op_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

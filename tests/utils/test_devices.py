@@ -14,10 +14,8 @@ from transferkit.utils.devices import MIN_FLOPS_PER_THREAD, intra_op_threads, th
 
 @pytest.fixture
 def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    with intra_op_threads(2):
+        yield
 
 
 BF16, F32 = MIN_FLOPS_PER_THREAD["bfloat16"], MIN_FLOPS_PER_THREAD["float32"]

@@ -17,8 +17,8 @@ Differences, on purpose:
 - one head per (learning rate, weight decay) pair: DINOv2 searches the learning rate only; on small data the
   decay axis gains points (CLIP_benchmark sweeps it too);
 - the training matmuls run in bfloat16 where the device runs it fast (``precision='auto'``; float32 master
-  weights, loss and evaluation): 1.3x faster on a 2-core CPU with AVX-512-BF16 (``benchmarks/bench_probes.py
-  --precision float32`` against the default).
+  weights, loss and evaluation): 2.1x faster on a 2-core CPU with AVX-512-BF16 (``benchmarks/bench_probes.py
+  --grid_only`` against its ``--precision float32``).
 
 A *feature variant* is a pooling of the last ``k`` blocks, concatenated over the blocks (DINOv2's
 ``n_last_blocks``; its ``avgpool`` variant is our ``cls+mean``): ``(N, k, D) -> (N, k * D)``.
