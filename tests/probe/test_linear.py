@@ -194,6 +194,9 @@ def test_logistic_regression_solves_scikit_learns_objective_and_picks_the_best_c
     # this set ties C = 0.01 with larger Cs of lower val loss: the loss breaks the tie, not the order
     assert len(tied) > 1 and min(tied, key=lambda row: row["val_loss"])["c"] != tied[0]["c"]
     assert res.c == min(tied, key=lambda row: row["val_loss"])["c"]
+    # DINOv2's rule keeps the smallest C of the same tie
+    cfg = LogRegConfig(c_powers=powers, tol=1e-9, ties="smallest_c")
+    assert train_logistic_regression(feats, labels, 4, cfg).c == tied[0]["c"]
 
     mean, std = feats["train"].double().mean(0), feats["train"].double().std(0, unbiased=False)
     x = {s: (v.double() - mean) / std for s, v in feats.items()}
@@ -230,6 +233,7 @@ def test_logistic_regression_refit_trains_the_chosen_c_on_train_and_val():
     [
         ({"config": LogRegConfig(c_powers=())}, "at least one C"),
         ({"config": LogRegConfig(max_iter=0)}, "max_iter must be >= 1"),
+        ({"config": LogRegConfig(ties="largest_c")}, "ties must be 'val_loss' or 'smallest_c'"),
         ({"features": "no val"}, "needs 'val' features and labels"),
     ],
 )

@@ -494,7 +494,7 @@ def train_logistic_regression(
     device: str | torch.device = "cpu",
 ) -> LogRegResult:
     """Sweep C on ``train`` (warm-started from strong to weak regularisation), choose the best val top-1 (ties:
-    lower val loss, then smaller C; DINOv2 keeps the smallest C of a tie), report ``test``.
+    ``config.ties``, by default the lower val loss, then the smaller C), report ``test``.
 
     Args:
         features: ``{'train': (N, D), 'val': (N, D)[, 'test': (N, D)]}`` float tensors.
@@ -539,7 +539,12 @@ def train_logistic_regression(
                     }
                 )
             weights.append(w)
-        best_i = min(range(len(sweep)), key=lambda i: (-sweep[i]["val_acc1"], sweep[i]["val_loss"], i))
+
+        # smallest_c: the first of a tie, the sweep running C upwards
+        def rank(i: int) -> tuple[float, float, int]:
+            return -sweep[i]["val_acc1"], sweep[i]["val_loss"] if cfg.ties == "val_loss" else 0.0, i
+
+        best_i = min(range(len(sweep)), key=rank)
         best_w, c = weights[best_i], sweep[best_i]["c"]
         val = _metrics(_affine(x["val"], best_w).float(), y["val"], num_classes)
         if cfg.refit:
