@@ -2,6 +2,7 @@
 
     python benchmarks/bench_probes.py [--backbones minilm-l6,minilm-l6:random,vit-tiny:random] [--cache_dir DIR]
         [--precision auto|float32|bfloat16] [--tasks "digits 64px,digits 32px,digits 0-4 64px"] [--grid_only]
+        [--logreg_ties val_loss|smallest_c]
 
 For each backbone and task (digits at 64 px, digits at 32 px, and a class-subset task: digits 0-4 at 64 px):
 the SGD grid (poolings x last 1/4 blocks x 9 LRs x 4 weight decays, chosen on val; ``--precision`` of its
@@ -10,6 +11,7 @@ scikit-learn's ``LogisticRegression`` on the same standardised features with C t
 10^-4 .. 10^2) — val / test top-1 and seconds each — with its default tolerance (``tol=1e-4``, the reference)
 and converged (``tol=1e-8``: the optimum of the same objective, which our L-BFGS reaches; at the default
 tolerance scikit-learn stops early on weakly regularised fits, an implicit regularisation of its own).
+``--logreg_ties`` picks the logistic regression's tie rule (``LogRegConfig.ties``).
 ``--grid_only`` runs the grid alone (its val / test and seconds; a minute: compare ``--precision`` settings with
 it). Both print the grid's seconds summed over the rows.
 Targets: the better of our two protocols is at or above scikit-learn's test accuracy on every row; the grid is at
@@ -36,6 +38,7 @@ from transferkit.probe.linear import (
     train_linear_grid,
     train_logistic_regression,
 )
+from transferkit.probe.options import LogRegConfig
 from transferkit.probe.rows import FeatureRows
 
 TASKS = {
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names (see TASKS)")
+    ap.add_argument("--logreg_ties", default="val_loss", choices=["val_loss", "smallest_c"])
     ap.add_argument(
         "--grid_only", action="store_true", help="the grid alone: no logistic regression, no sklearn"
     )
@@ -114,7 +118,7 @@ def main() -> None:
                       flush=True)  # fmt: skip
                 continue
             chosen = next(v for v in variants if v.name == grid.best["variant"])
-            lr = train_logistic_regression(chosen.features, labels, k)
+            lr = train_logistic_regression(chosen.features, labels, k, LogRegConfig(ties=args.logreg_ties))
             xy = {s: x.numpy() for s, x in chosen.features.items()}, {s: t.numpy() for s, t in labels.items()}
             sk = sklearn_tuned(*xy)
             tight = sklearn_tuned(*xy, tol=1e-8)
