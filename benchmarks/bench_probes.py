@@ -38,7 +38,7 @@ from transferkit.probe.linear import (
     train_linear_grid,
     train_logistic_regression,
 )
-from transferkit.probe.options import LogRegConfig
+from transferkit.probe.options import LOGREG_TIES, LogRegConfig
 from transferkit.probe.rows import FeatureRows
 
 TASKS = {
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names (see TASKS)")
-    ap.add_argument("--logreg_ties", default="val_loss", choices=["val_loss", "smallest_c"])
+    ap.add_argument("--logreg_ties", default="val_loss", choices=LOGREG_TIES)
     ap.add_argument(
         "--grid_only", action="store_true", help="the grid alone: no logistic regression, no sklearn"
     )

@@ -233,7 +233,7 @@ def test_logistic_regression_refit_trains_the_chosen_c_on_train_and_val():
     [
         ({"config": LogRegConfig(c_powers=())}, "at least one C"),
         ({"config": LogRegConfig(max_iter=0)}, "max_iter must be >= 1"),
-        ({"config": LogRegConfig(ties="largest_c")}, "ties must be 'val_loss' or 'smallest_c'"),
+        ({"config": LogRegConfig(ties="largest_c")}, "ties must be one of 'val_loss', 'smallest_c'"),
         ({"features": "no val"}, "needs 'val' features and labels"),
     ],
 )

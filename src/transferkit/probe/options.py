@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
@@ -149,6 +149,8 @@ class ExtractOptions:
 
 
 #: DINOv2's ``eval/log_regression.py`` sweep: C = 10 ** linspace(-6, 5, 45)
+LogRegTies = Literal["val_loss", "smallest_c"]
+LOGREG_TIES: tuple[str, ...] = get_args(LogRegTies)
 DEFAULT_C_POWERS: tuple[float, ...] = tuple(float(p) for p in np.linspace(-6.0, 5.0, 45))
 
 
@@ -173,11 +175,11 @@ class LogRegConfig:
     tol: float = 1e-6
     normalize: bool = True
     refit: bool = False
-    ties: Literal["val_loss", "smallest_c"] = "val_loss"
+    ties: LogRegTies = "val_loss"
 
     def check(self) -> None:
-        if self.ties not in ("val_loss", "smallest_c"):
-            raise UserError(f"ties must be 'val_loss' or 'smallest_c', got {self.ties!r}")
+        if self.ties not in LOGREG_TIES:
+            raise UserError(f"ties must be one of {', '.join(map(repr, LOGREG_TIES))}, got {self.ties!r}")
         if not self.c_powers:
             raise UserError("the logistic-regression sweep needs at least one C (c_powers)")
         if self.max_iter < 1 or not self.tol > 0:
