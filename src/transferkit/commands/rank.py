@@ -44,12 +44,14 @@ def rank(
     max_latency_ms: float | None = None,
     max_memory_mb: float | None = None,
     min_images_per_s: float | None = None,
+    cost_rounds: int = 21,
 ) -> int:
     """Rank backbones for a dataset without fine-tuning them: every training-free score (LogME, LEEP, NCE,
     H-score, shrinkage H-score, kNN, SFDA) of each backbone's frozen features, the ensemble rank and, when the
     results table measured this dataset, each score's agreement with the real accuracies; what each backbone
-    costs on this machine (throughput, latency, peak memory, FLOPs), the Pareto set and the best backbone within
-    the budgets.
+    costs on this machine (throughput, latency, peak memory, FLOPs; timings in rounds interleaved across the
+    backbones, with their interquartile range), the Pareto set and the best backbone within the budgets; timings
+    whose interquartile ranges overlap are not told apart.
     Writes runs/<name>/{config.yaml, metrics.json, report.md, cost.png (with --cost)} and appends the scores to
     the results table.
 
@@ -69,9 +71,13 @@ def rank(
         patch_size: patch size of the language-model backbones among the backbones (default 16).
         seed: seed of random-init backbones, the subset and the GMM pseudo-sources.
         cost: measure each backbone's cost on the chosen --device and --precision.
-        max_latency_ms: recommend only backbones whose batch-1 latency is at most this.
+        max_latency_ms: recommend only backbones whose batch-1 latency is at most this (the lower quartile
+            over the rounds, or a latency overlapping that of a backbone within it).
         max_memory_mb: recommend only backbones whose peak memory at the batch size is at most this.
-        min_images_per_s: recommend only backbones at least this fast at the batch size.
+        min_images_per_s: recommend only backbones at least this fast at the batch size (the upper quartile
+            over the rounds, or a throughput overlapping that of a backbone within it).
+        cost_rounds: timed rounds of the cost measurement, each timing every backbone once (batch 1 and the
+            batch size) in an order shuffled per round with --seed.
     """
     names = parse_backbones(backbones)  # a bad list fails before anything heavy loads
     extraction.check_distributed()
@@ -88,6 +94,8 @@ def rank(
     budget = Budget(max_latency_ms, max_memory_mb, min_images_per_s)
     if budget.active and not cost:
         raise UserError("a budget (--max_latency_ms, --max_memory_mb, --min_images_per_s) needs --cost true")
+    if cost_rounds < 1:
+        raise UserError(f"--cost_rounds must be >= 1, got {cost_rounds}")
     table = ResultsTable.of_runs_dir(runs_dir, results_table)
     rows = table.read()
     run = RunDir.create(runs_dir, name or f"rank-{_slug(data.name())}-{data.image_size}", "rank")
@@ -109,6 +117,7 @@ def rank(
         target=target,
         cost=cost,
         budget=budget,
+        cost_rounds=cost_rounds,
     )
     for t in rank_tables(result):
         console.print(t.to_rich())
@@ -119,7 +128,8 @@ def rank(
         console.print(
             f"recommended by the {by}{within}: "
             f"[bold]{escape(rec['recommended'] or 'none (every backbone is over budget)')}[/bold]; "
-            f"Pareto set (prediction vs latency): {escape(', '.join(rec['pareto']))}"
+            f"Pareto set (prediction vs latency, overlapping latency IQRs counting as equal): "
+            f"{escape(', '.join(rec['pareto']))}"
         )
         predicted = (
             result["scores"]["learned"] if rec["by"] == "learned"

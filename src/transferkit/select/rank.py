@@ -24,7 +24,7 @@ from transferkit.errors import UserError
 from transferkit.probe.cache import ExtractOptions, get_features
 from transferkit.report import Report, Table
 from transferkit.results import ResultRow, choose_target, dataset_entry, rows_of_target, values_by_dataset
-from transferkit.select.cost import Budget, measure_cost, recommend
+from transferkit.select.cost import DEFAULT_ROUNDS, Budget, measure_costs, recommend
 from transferkit.select.evaluate import rank_metrics
 from transferkit.select.scores import (
     Features,
@@ -71,6 +71,7 @@ def rank_backbones(
     target: str | None = None,
     cost: bool = True,
     budget: Budget | None = None,
+    cost_rounds: int = DEFAULT_ROUNDS,
 ) -> dict[str, Any]:
     """Score ``backbones`` on ``split`` of the dataset ``spec`` describes, without fine-tuning any.
 
@@ -86,13 +87,15 @@ def rank_backbones(
         ranker: a trained learned-ranker folder whose score is added as ``learned``.
         results: results-table rows; measured accuracies of this dataset become the ``accuracy`` to compare with.
         target: ``protocol/metric`` of those rows to compare with (default: the most common).
-        cost: measure each backbone's cost on this hardware (:func:`~transferkit.select.cost.measure_cost`).
+        cost: measure each backbone's cost on this hardware (:func:`~transferkit.select.cost.measure_costs`:
+            the timings in interleaved rounds across the backbones, which all stay in memory until then).
         budget: limits the recommendation must meet (needs ``cost``).
+        cost_rounds: timed rounds of the interleaved timing.
 
     Returns a JSON-able dict: ``dataset``, ``split``, ``backbones`` (per-backbone facts), ``scores``
     (``{score: {backbone: value}}``), ``score_seconds``, ``ensemble_rank``, ``ranking``, ``accuracy``,
     ``accuracy_target``, ``accuracy_exact_match``, ``correlations`` (``{score: rank_metrics}``) and, with
-    ``cost``, ``cost`` (``{backbone: measure_cost}``) and ``recommendation`` (:func:`~transferkit.select.cost.recommend`
+    ``cost``, ``cost`` (``{backbone: measure_costs}``, timings with their spread) and ``recommendation`` (:func:`~transferkit.select.cost.recommend`
     on the learned ranker's score, else the ensemble's mean rank).
     """
     from transferkit.select.pipeline import EmbeddingStore, LearnedRanker
@@ -104,6 +107,8 @@ def rank_backbones(
     budget = budget or Budget()
     if budget.active and not cost:
         raise UserError("a budget (--max_latency_ms, --max_memory_mb, --min_images_per_s) needs --cost true")
+    if cost and cost_rounds < 1:
+        raise UserError(f"--cost_rounds must be >= 1, got {cost_rounds}")
     extract = extract or ExtractOptions()
     score_names = resolve_score_names(scores)
     dm = spec.build()
@@ -122,6 +127,7 @@ def rank_backbones(
     per_backbone: dict[str, dict[str, Any]] = {}
     vectors: dict[str, np.ndarray] = {}
     costs: dict[str, dict[str, Any]] = {}
+    timed: dict[str, Any] = {}  # kept for the interleaved timing after the loop
     for name in backbones:
         t0 = time.perf_counter()
         bb = resolve_backbone(name, dm.image_size, seed=seed, **options[name])
@@ -160,18 +166,23 @@ def rank_backbones(
             ),
         }
         if cost:
-            costs[name] = measure_cost(
-                bb,
-                dm,
-                split=split,
-                batch_size=extract.batch_size or 32,
-                device=extract.device,
-                precision=extract.precision,
-            )
+            timed[name] = bb
         if learned is not None:
             assert store is not None
             vectors[name] = store.model_vector(name, dm.image_size, backbone=bb)
         del bb
+    if cost:
+        costs = measure_costs(
+            timed,
+            dm,
+            split=split,
+            batch_size=extract.batch_size or 32,
+            device=extract.device,
+            precision=extract.precision,
+            rounds=cost_rounds,
+            seed=seed,
+        )
+        timed.clear()
     if learned is not None:
         # one list: the ranker scores the candidates jointly, with this run's scores as its per-pair features
         assert tokens is not None
@@ -325,8 +336,16 @@ def rank_tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def _with_iqr(cost: dict[str, Any], key: str, fmt: str) -> str:
+    """``median (q25-q75)`` of a timed quantity, or the median alone when no spread was recorded."""
+    iqr = cost.get(f"{key}_iqr")
+    mid = format(cost[key], fmt)
+    return f"{mid} ({format(iqr[0], fmt)}-{format(iqr[1], fmt)})" if iqr else mid
+
+
 def cost_table(result: dict[str, Any]) -> Table:
-    """Cost of each backbone on this hardware, the Pareto set and the budget verdict, best prediction first."""
+    """Cost of each backbone on this hardware (timings as median and interquartile range over the interleaved
+    rounds), the Pareto set and the budget verdict, best prediction first."""
     costs, rec = result["cost"], result["recommendation"]
     by = rec["by"]
     predicted = (
@@ -338,20 +357,22 @@ def cost_table(result: dict[str, Any]) -> Table:
     rows = []
     for n in order:
         c = costs[n]
-        verdict = "; ".join(rec["over_budget"].get(n, [])) or (
-            "recommended" if n == rec["recommended"] else ""
+        verdict = "; ".join(rec["over_budget"].get(n, [])) or "; ".join(
+            (["recommended"] if n == rec["recommended"] else [])
+            + [f"kept: {t}" for t in rec.get("budget_ties", {}).get(n, [])]
         )
-        rows.append([n, predicted[n] if by == "learned" else -predicted[n], c["images_per_s"], c["latency_ms"],
-                     c["peak_memory_mb"], c["gflops"], c["params"] / 1e6, "yes" if n in rec["pareto"] else "",
-                     verdict])  # fmt: skip
+        rows.append([n, predicted[n] if by == "learned" else -predicted[n], _with_iqr(c, "images_per_s", ".0f"),
+                     _with_iqr(c, "latency_ms", ".1f"), c["peak_memory_mb"], c["gflops"], c["params"] / 1e6,
+                     "yes" if n in rec["pareto"] else "", verdict])  # fmt: skip
     first = next(iter(costs.values()))
+    timing = first.get("timing", {})
     budget = ", ".join(f"{k} {v:g}" for k, v in rec["budget"].items() if v is not None) or "none"
     return Table(
         [
             "backbone",
             "learned score" if by == "learned" else "mean rank",
-            "images/s",
-            "latency ms",
+            "images/s (IQR)",
+            "latency ms (IQR)",
             "peak MB",
             "GFLOPs/image",
             "params (M)",
@@ -364,15 +385,18 @@ def cost_table(result: dict[str, Any]) -> Table:
         formats={
             "learned score": ".4f",
             "mean rank": ".2f",
-            "images/s": ".0f",
-            "latency ms": ".1f",
             "peak MB": ".0f",
             "GFLOPs/image": ".3f",
             "params (M)": ".2f",
         },  # fmt: skip
-        note=f"measured in this run: throughput at the batch size and latency at batch 1 (medians of timed calls "
-        f"after warm-up); peak MB: weights plus peak live tensors of a forward at the batch size (CUDA: the "
-        f"allocator's peak); Pareto: no other backbone predicted better and faster; budget: {budget}.",
+        note=f"measured in this run: throughput at the batch size and latency at batch 1, timed in "
+        f"{timing.get('rounds', '?')} rounds interleaved across the backbones (each round times every "
+        f"backbone once, in an order shuffled per round, seed {timing.get('seed', '?')}, after "
+        f"{timing.get('warmup', '?')} warm-up rounds): median and interquartile range (IQR) over the rounds; "
+        f"peak MB: weights plus peak live tensors of a forward at the batch size (CUDA: the allocator's peak "
+        f"above what was allocated before); Pareto: no other backbone predicted at least as well and faster, "
+        f"latencies whose IQRs overlap counting as equal; budget: {budget}, a latency or throughput limit "
+        f"rejecting only a backbone whose whole IQR is past it and overlaps no backbone within it.",
     )
 
 
