@@ -32,7 +32,7 @@ from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
 from transferkit.heads.classification import ClassificationHead
 from transferkit.tasks.frozen import FrozenWeightsCheckpoint
-from transferkit.tasks.modes import apply_train_modes
+from transferkit.tasks.modes import apply_train_modes, fitting, note_frozen_eval_modes, release_eval_warning
 from transferkit.tasks.optim import (
     OptimConfig,
     backbone_head_param_groups,
@@ -159,9 +159,14 @@ class ImageClassifier(FrozenWeightsCheckpoint, L.LightningModule):
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
-        """Build backbone + head once sizes are known (the CLI links them from the datamodule)."""
-        if self.backbone is not None:
-            return
+        """Build backbone + head once sizes are known (the CLI links them from the datamodule); in a fit, set
+        the train/eval modes before Lightning's model summary and eval-mode check read them."""
+        if self.backbone is None:
+            self._build()
+        if fitting(self):
+            self.set_train_modes()
+
+    def _build(self) -> None:
         hp = self.hparams
         if hp.num_classes is None:
             raise UserError(
@@ -257,10 +262,18 @@ class ImageClassifier(FrozenWeightsCheckpoint, L.LightningModule):
             feats = self.backbone(images)
         return self.head(feats.float() if feats.dtype != self.head.fc.weight.dtype else feats)
 
+    def set_train_modes(self) -> None:
+        """Frozen parts (a probe's backbone, frozen blocks) in eval mode, the rest in train mode."""
+        apply_train_modes(self)
+
+    def on_fit_start(self) -> None:
+        note_frozen_eval_modes(self)
+
+    def on_train_start(self) -> None:
+        release_eval_warning()
+
     def on_train_epoch_start(self) -> None:
-        apply_train_modes(
-            self
-        )  # frozen parts (a probe's backbone, frozen blocks) in eval mode, the rest train
+        self.set_train_modes()
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor] | None, batch_idx: int

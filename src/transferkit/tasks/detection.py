@@ -40,7 +40,7 @@ from transferkit.heads.detr import DetrHead, infer_grid, postprocess
 from transferkit.heads.matcher import HungarianMatcher, Matcher
 from transferkit.tasks.evaluation import DetectionEvaluator
 from transferkit.tasks.frozen import FrozenWeightsCheckpoint
-from transferkit.tasks.modes import apply_train_modes
+from transferkit.tasks.modes import apply_train_modes, fitting, note_frozen_eval_modes, release_eval_warning
 from transferkit.tasks.optim import (
     OptimConfig,
     backbone_head_param_groups,
@@ -154,9 +154,14 @@ class DetectionTask(FrozenWeightsCheckpoint, L.LightningModule):
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
-        """Build backbone, head and criterion once the vocabularies are known."""
-        if self.backbone is not None:
-            return
+        """Build backbone, head and criterion once the vocabularies are known; in a fit, set the train/eval
+        modes before Lightning's model summary and eval-mode check read them."""
+        if self.backbone is None:
+            self._build()
+        if fitting(self):
+            self.set_train_modes()
+
+    def _build(self) -> None:
         hp = self.hparams
         if not hp.class_names:
             raise UserError(
@@ -235,8 +240,18 @@ class DetectionTask(FrozenWeightsCheckpoint, L.LightningModule):
         dtype = self.head.query_embed.weight.dtype
         return self.head([t.to(dtype) for t in levels], grids)
 
-    def on_train_epoch_start(self) -> None:
+    def set_train_modes(self) -> None:
+        """A frozen backbone (or frozen blocks) in eval mode, the rest in train mode."""
         apply_train_modes(self)
+
+    def on_fit_start(self) -> None:
+        note_frozen_eval_modes(self)
+
+    def on_train_start(self) -> None:
+        release_eval_warning()
+
+    def on_train_epoch_start(self) -> None:
+        self.set_train_modes()
 
     # ------------------------------------------------------------------ steps
     def _loss(self, outputs: dict, targets: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -48,7 +48,7 @@ from transferkit.heads.criterion import DEFAULT_WEIGHTS, SetCriterion
 from transferkit.heads.detr import DetrHead, postprocess
 from transferkit.tasks.evaluation import MAP_KEYS, DetectionEvaluator
 from transferkit.tasks.frozen import FrozenWeightsCheckpoint
-from transferkit.tasks.modes import apply_train_modes
+from transferkit.tasks.modes import apply_train_modes, fitting, note_frozen_eval_modes, release_eval_warning
 from transferkit.tasks.optim import (
     OptimConfig,
     effective_batch_size,
@@ -220,9 +220,14 @@ class GroundingVLMTask(FrozenWeightsCheckpoint, L.LightningModule):
         return self.processor
 
     def configure_model(self) -> None:
-        """Load the model and processor, apply LoRA / freezing / checkpointing, build the optional head."""
-        if self.vlm is not None:
-            return
+        """Load the model and processor, apply LoRA / freezing / checkpointing, build the optional head; in a
+        fit, set the train/eval modes before Lightning's model summary and eval-mode check read them."""
+        if self.vlm is None:
+            self._build()
+        if fitting(self):
+            self.set_train_modes()
+
+    def _build(self) -> None:
         hp = self.hparams
         self._ensure_processor()
         self.vlm = load_vlm(hp.model_path, dtype=hp.dtype, attn_implementation=hp.attn_implementation)
@@ -589,8 +594,18 @@ class GroundingVLMTask(FrozenWeightsCheckpoint, L.LightningModule):
     def image_backbone(self) -> None:
         return None  # a vision-language model, not an image backbone (components: describe())
 
-    def on_train_epoch_start(self) -> None:
+    def set_train_modes(self) -> None:
+        """Frozen components (a frozen vision tower before a trained LLM) in eval mode, the rest in train mode."""
         apply_train_modes(self)
+
+    def on_fit_start(self) -> None:
+        note_frozen_eval_modes(self)
+
+    def on_train_start(self) -> None:
+        release_eval_warning()
+
+    def on_train_epoch_start(self) -> None:
+        self.set_train_modes()
 
     # ------------------------------------------------------------------ dry run (--validate_only)
     def dry_run_step(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -8,15 +8,35 @@ gradient passes through: a linear probe's backbone, a DINO teacher, a frozen vis
 LLM, the first N blocks of a ViT. Frozen layers between trained ones are not frozen parts and keep train
 mode, as in peft's LoRA fine-tuning: the blocks of a LoRA-adapted backbone, or the frozen blocks of a
 language model whose new PatchEmbed trains through them (:meth:`Backbone.gradient_free_names
-<transferkit.backbones.base.Backbone.gradient_free_names>`). Every task calls it at the start of each
-training epoch.
+<transferkit.backbones.base.Backbone.gradient_free_names>`).
+
+Where Lightning looks: a fit calls ``configure_model`` before its model summary (a callback's ``on_fit_start``)
+and before ``FitLoop.on_run_start``, which warns of every module in eval mode, so every task sets its modes at
+the end of ``configure_model`` when :func:`fitting`. Lightning never calls ``train()`` on the whole model
+during a fit, but anything that does (a callback, user code between epochs) would undo the frozen parts' eval
+mode, so every task sets them again at the start of each training epoch. A fit whose only modules in eval mode
+are those of frozen parts says so in one line (:func:`note_frozen_eval_modes`) in place of Lightning's warning,
+which stays for any other module in eval mode.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from collections.abc import Iterable
+from typing import Any
 
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Lightning's warning at the start of training (``FitLoop._warn_if_modules_in_eval_mode``), by module count
+LIGHTNING_EVAL_WARNING = "Found {} module(s) in eval mode at the start of training"
+#: the warning filters :func:`note_frozen_eval_modes` added and :func:`release_eval_warning` removes
+_quieted: list[Any] = []
 
 
 def frozen_parts(module: nn.Module) -> list[nn.Module]:
@@ -56,3 +76,46 @@ def apply_train_modes(module: nn.Module, keep_train: Iterable[nn.Module] = ()) -
         part.eval()
     for m in keep_train:
         m.train()
+
+
+def fitting(module: nn.Module) -> bool:
+    """Whether a Lightning ``Trainer`` is fitting ``module`` now (its ``configure_model`` runs before the
+    model summary and the eval-mode check then)."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer is not None and trainer.state.fn == TrainerFn.FITTING
+
+
+def note_frozen_eval_modes(module: nn.Module, keep_train: Iterable[nn.Module] = ()) -> bool:
+    """At ``on_fit_start``, modes set: when the modules in eval mode are exactly those of the frozen parts (less
+    ``keep_train``), log them as intended and silence the warning of Lightning that counts them, until
+    :func:`release_eval_warning` (``on_train_start``). True when it did; any other module in eval mode makes the
+    count another and Lightning's warning stays."""
+    in_eval = {n for n, m in module.named_modules() if not m.training}
+    parts = frozen_parts(module)
+    kept = {id(m) for m in keep_train}
+    names = {id(m): n for n, m in module.named_modules()}
+    in_parts = {id(m): names[id(m)] for part in parts for m in part.modules()}
+    intended = {n for i, n in in_parts.items() if i not in kept}
+    if not in_eval or in_eval != intended:
+        return False
+    n_kept = len(in_parts) - len(intended)
+    log.info(
+        "%d modules are in eval mode by design, those of the frozen part(s) %s that no gradient reaches (no "
+        "dropout, no BatchNorm statistics updates); every other module%s is in train mode",
+        len(in_eval),
+        ", ".join(names[id(p)] for p in parts),
+        f" ({n_kept} in the frozen parts, by design)" if n_kept else "",
+    )
+    message = re.escape(LIGHTNING_EVAL_WARNING.format(len(in_eval)))
+    warnings.filterwarnings("ignore", message=message, category=PossibleUserWarning)
+    _quieted.append(warnings.filters[0])
+    return True
+
+
+def release_eval_warning() -> None:
+    """Remove the warning filters :func:`note_frozen_eval_modes` added (Lightning warns at most once a fit,
+    before ``on_train_start``)."""
+    while _quieted:
+        entry = _quieted.pop()
+        if entry in warnings.filters:  # ("ignore" filters leave nothing in the warning registries to reset)
+            warnings.filters.remove(entry)

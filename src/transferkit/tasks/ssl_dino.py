@@ -48,7 +48,7 @@ from torch import nn
 from transferkit.backbones import BackboneConfig, build_backbone_from_config
 from transferkit.backbones.base import Backbone
 from transferkit.errors import UserError
-from transferkit.tasks.modes import apply_train_modes
+from transferkit.tasks.modes import apply_train_modes, fitting, note_frozen_eval_modes, release_eval_warning
 from transferkit.tasks.optim import (
     OptimConfig,
     backbone_head_param_groups,
@@ -403,8 +403,14 @@ class DinoContinuation(L.LightningModule):
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
-        if self.student is not None:
-            return
+        """Build student, teacher and loss; in a fit, set the train/eval modes before Lightning's model summary
+        and eval-mode check read them."""
+        if self.student is None:
+            self._build()
+        if fitting(self):
+            self.set_train_modes()
+
+    def _build(self) -> None:
         hp = self.hparams
         image_size = int(hp.image_size or 224)
         crop_sizes = list(hp.crop_sizes or [image_size, image_size])
@@ -447,11 +453,22 @@ class DinoContinuation(L.LightningModule):
             "teacher_output": list(self.teacher(crops[:2]).shape),
         }
 
+    def _teacher_batchnorm(self) -> list[nn.Module]:
+        return [m for m in self.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def set_train_modes(self) -> None:
+        """The student trains with its dropout / drop-path (frozen blocks excepted); the teacher, frozen, has
+        them off but normalises with batch statistics, as in the reference."""
+        apply_train_modes(self, keep_train=self._teacher_batchnorm())
+
+    def on_fit_start(self) -> None:
+        note_frozen_eval_modes(self, keep_train=self._teacher_batchnorm())
+
+    def on_train_start(self) -> None:
+        release_eval_warning()
+
     def on_train_epoch_start(self) -> None:
-        # the student trains with its dropout / drop-path (frozen blocks excepted); the teacher, frozen, has
-        # them off but normalises with batch statistics, as in the reference
-        teacher_bn = [m for m in self.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        apply_train_modes(self, keep_train=teacher_bn)
+        self.set_train_modes()
         self._epoch_losses = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
