@@ -5,6 +5,7 @@ import pytest
 from transferkit.cli import main as cli_main
 from transferkit.data.spec import DataSpec
 from transferkit.results import ResultRow, ResultsTable, dataset_entry
+from transferkit.select.rank_results import RankResults
 
 TINY = ["--data.image_size", "16"]
 RANKER = [
@@ -68,12 +69,18 @@ def test_rank_digits_prints_tau_against_compare_accuracies(tmp_path, capsys):
         assert score in out
     assert "n = 2: a rank correlation of 2 backbones is not informative" in out
     run = runs / "r"
-    for f in ("config.yaml", "metrics.json", "report.md", "report.html", "run.json"):
+    for f in ("config.yaml", "metrics.json", "results.json", "report.md", "report.html", "run.json"):
         assert (run / f).is_file(), f
     result = json.loads((run / "metrics.json").read_text())
     assert result["accuracy"] == {"vit-micro": 0.6, "convnet-micro": 0.8} and result["accuracy_exact_match"]
     assert result["accuracy_target"] == "linear_probe/top1"
     assert set(result["correlations"]) >= {"logme", "ensemble"}
+    # results.json is metrics.json without the command, and reads back into the typed results
+    saved = json.loads((run / "results.json").read_text())
+    assert result == {"command": "rank", **saved}
+    typed = RankResults.from_dict(saved)
+    assert typed.to_dict() == saved and typed.names == ["vit-micro", "convnet-micro"] and typed.split == "val"
+    assert typed.accuracy is not None and typed.accuracy.agreement["ensemble"].n == 2
     scores = table.read(protocol="score")
     assert {r.backbone for r in scores} == {"vit-micro", "convnet-micro"}
     assert {r.metric for r in scores} >= {"logme", "sfda"} and all(r.split == "val" for r in scores)
@@ -176,7 +183,11 @@ def test_cost_is_measured_and_budgets_filter_the_recommendation(tmp_path, capsys
             "--scores", "logme,knn", "--progress", "false"]  # fmt: skip
     assert main([*argv, "--name", "free"]) == 0
     free = json.loads((tmp_path / "free" / "metrics.json").read_text())
-    assert "cost on this machine" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cost on this machine" in out
+    typed = RankResults.from_dict(json.loads((tmp_path / "free" / "results.json").read_text()))
+    after = " ".join(out.split()).split("overlapping latency IQRs counting as equal): ")[1]  # unwrapped
+    assert typed.recommendation is not None and after.startswith(", ".join(typed.pareto) + " no measured")
     for c in free["cost"].values():
         assert c["images_per_s"] > 0 and c["latency_ms"] > 0 and c["peak_memory_mb"] > 0 and c["gflops"] > 0
     best = min(free["ensemble_rank"], key=free["ensemble_rank"].get)

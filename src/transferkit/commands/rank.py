@@ -52,8 +52,8 @@ def rank(
     costs on this machine (throughput, latency, peak memory, FLOPs; timings in rounds interleaved across the
     backbones, with their interquartile range), the Pareto set and the best backbone within the budgets; timings
     whose interquartile ranges overlap are not told apart.
-    Writes runs/<name>/{config.yaml, metrics.json, report.md, cost.png (with --cost)} and appends the scores to
-    the results table.
+    Writes runs/<name>/{config.yaml, results.json, metrics.json, report.md, cost.png (with --cost)} and appends
+    the scores to the results table.
 
     Args:
         data: the dataset (--data X, or --data.<option>).
@@ -89,6 +89,7 @@ def rank(
     from transferkit.select.cost import Budget, plot_cost
     from transferkit.select.rank import rank_backbones, rank_report, rank_tables, score_rows
     from transferkit.utils.console import make_console
+    from transferkit.utils.io import atomic_write_json
 
     console = make_console()
     budget = Budget(max_latency_ms, max_memory_mb, min_images_per_s)
@@ -121,35 +122,35 @@ def rank(
     )
     for t in rank_tables(result):
         console.print(t.to_rich())
-    if cost:
-        rec = result["recommendation"]
-        by = "learned ranker" if rec["by"] == "learned" else "ensemble mean rank"
-        within = f" within the budget ({len(rec['over_budget'])} over it)" if budget.active else ""
+    rec = result.recommendation
+    if rec is not None:
+        by = "learned ranker" if rec.by == "learned" else "ensemble mean rank"
+        within = f" within the budget ({len(result.over_budget)} over it)" if rec.budget.active else ""
         console.print(
             f"recommended by the {by}{within}: "
-            f"[bold]{escape(rec['recommended'] or 'none (every backbone is over budget)')}[/bold]; "
+            f"[bold]{escape(rec.recommended or 'none (every backbone is over budget)')}[/bold]; "
             f"Pareto set (prediction vs latency, overlapping latency IQRs counting as equal): "
-            f"{escape(', '.join(rec['pareto']))}"
+            f"{escape(', '.join(result.pareto))}"
         )
-        predicted = (
-            result["scores"]["learned"] if rec["by"] == "learned"
-            else {m: -r for m, r in result["ensemble_rank"].items()}
-        )  # fmt: skip
-        plot = plot_cost(predicted, result["cost"], rec["pareto"], run.path / "cost.png",
-                         "learned score" if rec["by"] == "learned" else "- mean rank (higher is better)")  # fmt: skip
-    if not result["accuracy"]:
+        plot = plot_cost(result.predicted, result.costs(), result.pareto, run.path / "cost.png",
+                         "learned score" if rec.by == "learned" else "- mean rank (higher is better)")  # fmt: skip
+    if result.accuracy is None:
         console.print(
             f"no measured accuracies of this dataset in {table.path} (run 'transferkit compare' on it first)"
         )
-    elif not result["accuracy_exact_match"]:
+    elif not result.accuracy.exact_match:
         console.print(f"note: accuracies of '{data.name()}' were measured at another image size")
-    run.update_metrics({"command": "rank", **result})
+    results_json = result.to_dict()
+    atomic_write_json(run.path / "results.json", results_json)
+    run.update_metrics({"command": "rank", **results_json})
     report = rank_report(result)
-    if cost:
+    if rec is not None:
         report.section("cost", "Cost on this machine").add_image(plot, "predicted transferability vs latency")
     md, _ = report.write(run.path)
     table.append(score_rows(result, run.name))
-    console.print(f"wrote {run.path / 'metrics.json'}, {md}; scores appended to {table.path}")
+    console.print(
+        f"wrote {run.path / 'results.json'}, {run.path / 'metrics.json'}, {md}; scores appended to {table.path}"
+    )
     return 0
 
 

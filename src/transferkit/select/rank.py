@@ -3,15 +3,16 @@
 :func:`rank_backbones` extracts (or reads from the feature cache) each backbone's features of one split,
 computes every training-free score (:mod:`transferkit.select.scores`), the ensemble rank and, when the results
 table holds measured accuracies of the same dataset, each score's agreement with them
-(:func:`transferkit.select.evaluate.rank_metrics`). :func:`score_rows` turns the scores into results-table rows
-(protocol ``score``); :func:`rank_tables` and :func:`rank_report` present them.
+(:func:`transferkit.select.evaluate.rank_metrics`). Its result is typed (:mod:`transferkit.select.rank_results`:
+:class:`RankResults`, a dict only at the JSON edge). :func:`score_rows` turns the scores into results-table rows (protocol ``score``); :func:`rank_tables`
+and :func:`rank_report` present them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ from transferkit.report import Report, Table
 from transferkit.results import ResultRow, choose_target, dataset_entry, rows_of_target, values_by_dataset
 from transferkit.select.cost import DEFAULT_ROUNDS, Budget, measure_costs, recommend
 from transferkit.select.evaluate import rank_metrics
+from transferkit.select.rank_results import (
+    MIN_INFORMATIVE,
+    Agreement,
+    CandidateCost,
+    CandidateResult,
+    CostSetup,
+    MeasuredAccuracy,
+    RankProtocol,
+    RankResults,
+    Recommendation,
+)
 from transferkit.select.scores import (
     Features,
     compute_scores,
@@ -36,9 +48,6 @@ from transferkit.select.scores import (
 from transferkit.select.source_preds import source_predictions
 
 log = logging.getLogger(__name__)
-
-#: fewer models than this make a rank correlation uninformative (two models: tau is +-1 by construction)
-MIN_INFORMATIVE = 3
 
 
 def matching_rows(rows: Sequence[ResultRow], dataset: dict[str, Any]) -> tuple[list[ResultRow], bool]:
@@ -72,7 +81,7 @@ def rank_backbones(
     cost: bool = True,
     budget: Budget | None = None,
     cost_rounds: int = DEFAULT_ROUNDS,
-) -> dict[str, Any]:
+) -> RankResults:
     """Score ``backbones`` on ``split`` of the dataset ``spec`` describes, without fine-tuning any.
 
     Args:
@@ -92,14 +101,14 @@ def rank_backbones(
         budget: limits the recommendation must meet (needs ``cost``).
         cost_rounds: timed rounds of the interleaved timing.
 
-    Returns a JSON-able dict: ``dataset``, ``split``, ``backbones`` (per-backbone facts), ``scores``
-    (``{score: {backbone: value}}``), ``score_seconds``, ``ensemble_rank``, ``ranking``, ``accuracy``,
-    ``accuracy_target``, ``accuracy_exact_match``, ``correlations`` (``{score: rank_metrics}``) and, with
-    ``cost``, ``cost`` (``{backbone: measure_costs}``, timings with their spread) and ``recommendation`` (:func:`~transferkit.select.cost.recommend`
-    on the learned ranker's score, else the ensemble's mean rank).
+    Returns the :class:`RankResults`: one :class:`CandidateResult` per backbone (in the order given), the
+    measured accuracies and every score's agreement with them and, with ``cost``, the cost setup and the
+    :class:`Recommendation` (:func:`~transferkit.select.cost.recommend` on the learned ranker's score, else the
+    ensemble's mean rank).
     """
     from transferkit.select.pipeline import EmbeddingStore, LearnedRanker
 
+    started = time.perf_counter()
     if split not in ("train", "val", "test"):
         raise UserError(f"unknown split '{split}'; choose train, val or test")
     if max_samples is not None and max_samples < 2:
@@ -124,7 +133,7 @@ def rank_backbones(
     options = backbone_options(list(backbones), patch_size)
     values: dict[str, dict[str, float]] = {s: {} for s in score_names}
     seconds: dict[str, dict[str, float]] = {s: {} for s in score_names}
-    per_backbone: dict[str, dict[str, Any]] = {}
+    facts: dict[str, dict[str, Any]] = {}
     vectors: dict[str, np.ndarray] = {}
     costs: dict[str, dict[str, Any]] = {}
     timed: dict[str, Any] = {}  # kept for the interleaved timing after the loop
@@ -154,16 +163,15 @@ def rank_backbones(
         for s, r in res.items():
             values[s][name] = r.value
             seconds[s][name] = r.seconds + r.extra.get("source_seconds", 0.0)  # LEEP: + source predictions
-        per_backbone[name] = {
+        source = next((r.extra["source"] for r in res.values() if "source" in r.extra), None)
+        facts[name] = {
             "num_samples": int(len(y)),
             "dim": int(x.shape[1]),
             "num_params": int(bb.num_params()),
             "cache_hit": bool(fs.metadata.get("cache_hit")),
             "extract_seconds": float(fs.metadata.get("extract_seconds", 0.0)),
             "build_seconds": build_s,
-            "source_predictions": next(
-                (r.extra["source"] for r in res.values() if "source" in r.extra), None
-            ),
+            "source_predictions": None if source is None else str(source),
         }
         if cost:
             timed[name] = bb
@@ -190,8 +198,6 @@ def rank_backbones(
         joint = learned.score(tokens, np.stack([vectors[n] for n in backbones]), list(backbones), values)
         values["learned"] = {n: float(v) for n, v in zip(backbones, joint)}
         seconds["learned"] = {n: (time.perf_counter() - t1) / len(backbones) for n in backbones}
-        for n in backbones:
-            per_backbone[n]["learned"] = values["learned"][n]
         missing = [f for f in learned.feature_names if f.startswith("score:") and f[6:] not in values]
         if missing:
             log.warning(
@@ -200,60 +206,86 @@ def rank_backbones(
                 ", ".join(missing),
             )
     ensemble = ensemble_ranks({s: v for s, v in values.items() if s != "learned"})
-
-    measured, exact = matching_rows(results, dataset)
-    truth: dict[str, float] = {}
-    correlations: dict[str, dict[str, float]] = {}
-    chosen = None
-    if measured:
-        chosen = choose_target(measured, target)
-        by_ds = values_by_dataset(rows_of_target(measured, chosen))
-        truth = next(iter(by_ds.values()))  # exact: one dataset; by name: the first one measured
-        if len([n for n in backbones if n in truth]) >= 2:
-            for s, v in values.items():
-                correlations[s] = rank_metrics(v, truth)
-            correlations["ensemble"] = rank_metrics({m: -r for m, r in ensemble.items()}, truth)
-    extra: dict[str, Any] = {}
+    accuracy = _measured_accuracy(results, dataset, target, backbones, values, ensemble)
+    rec: dict[str, Any] = {"over_budget": {}, "budget_ties": {}, "pareto": []}
+    recommendation = None
     if cost:
-        predicted = values["learned"] if "learned" in values else {m: -r for m, r in ensemble.items()}
-        extra = {
-            "cost": costs,
-            "recommendation": {
-                **recommend(predicted, costs, budget),
-                "by": "learned" if "learned" in values else "ensemble",
-                "budget": asdict(budget),
-            },
-        }
-    return {
-        "dataset": dataset,
-        "split": split,
-        "backbones": per_backbone,
-        "scores": values,
-        "score_seconds": seconds,
-        "ensemble_rank": ensemble,
-        "ranking": {s: sorted(v, key=lambda m: -np.nan_to_num(v[m], nan=-np.inf)) for s, v in values.items()},
-        "accuracy": truth,
-        "accuracy_target": chosen,
-        "accuracy_exact_match": exact if truth else None,
-        "correlations": correlations,
-        **extra,
-    }
+        by = "learned" if "learned" in values else "ensemble"
+        predicted = values["learned"] if by == "learned" else {m: -r for m, r in ensemble.items()}
+        rec = recommend(predicted, costs, budget)
+        recommendation = Recommendation(
+            by=by, recommended=rec["recommended"], budget=budget, latency_interval=rec["latency_interval"]
+        )
+    candidates = [
+        CandidateResult(
+            name=n,
+            **facts[n],
+            scores={s: v[n] for s, v in values.items() if n in v},
+            score_seconds={s: v[n] for s, v in seconds.items() if n in v},
+            ensemble_rank=ensemble.get(n),
+            cost=CandidateCost.from_dict(costs[n]) if n in costs else None,
+            over_budget=list(rec["over_budget"].get(n, [])),
+            budget_ties=list(rec["budget_ties"].get(n, [])),
+            pareto=n in rec["pareto"],
+        )
+        for n in backbones
+    ]
+    return RankResults(
+        dataset=dataset,
+        protocol=RankProtocol(
+            split=split,
+            max_samples=max_samples,
+            seed=seed,
+            patch_size=patch_size,
+            learned_ranker=None if ranker is None else str(ranker),
+            cost_rounds=cost_rounds if cost else None,
+        ),
+        methods=list(values),
+        candidates=candidates,
+        accuracy=accuracy,
+        cost_setup=CostSetup.from_dict(next(iter(costs.values()))) if costs else None,
+        recommendation=recommendation,
+        wall_time_s=round(time.perf_counter() - started, 2),
+    )
 
 
-def score_rows(result: dict[str, Any], run: str | None = None) -> list[ResultRow]:
+def _measured_accuracy(
+    results: Sequence[ResultRow],
+    dataset: dict[str, Any],
+    target: str | None,
+    backbones: Sequence[str],
+    values: Mapping[str, Mapping[str, float]],
+    ensemble: Mapping[str, float],
+) -> MeasuredAccuracy | None:
+    """The results table's accuracies of this dataset and every score's (and the ensemble's) agreement with
+    them (:func:`rank_metrics`, when at least 2 candidates were measured); None when none was measured."""
+    measured, exact = matching_rows(results, dataset)
+    if not measured:
+        return None
+    chosen = choose_target(measured, target)
+    by_ds = values_by_dataset(rows_of_target(measured, chosen))
+    truth = next(iter(by_ds.values()))  # exact: one dataset; by name: the first one measured
+    agreement: dict[str, Agreement] = {}
+    if len([n for n in backbones if n in truth]) >= 2:
+        for s, v in values.items():
+            agreement[s] = Agreement.from_dict(rank_metrics(v, truth))
+        agreement["ensemble"] = Agreement.from_dict(rank_metrics({m: -r for m, r in ensemble.items()}, truth))
+    return MeasuredAccuracy(target=chosen, exact_match=exact, values=truth, agreement=agreement)
+
+
+def score_rows(result: RankResults, run: str | None = None) -> list[ResultRow]:
     """Results-table rows (protocol ``score``, metric = the score) of a :func:`rank_backbones` result."""
-    dataset = dataset_entry(result["dataset"])
+    dataset = dataset_entry(result.dataset)
     rows = []
-    for score, per in result["scores"].items():
+    for score in result.methods:
         if score == "learned":
             continue  # a model's output, not a property of the features
-        for backbone, value in per.items():
-            if np.isfinite(value):
-                extra = {"num_params": result["backbones"][backbone].get("num_params")}
+        for c in result.candidates:
+            value = c.scores.get(score)
+            if value is not None and np.isfinite(value):
+                extra = {"num_params": c.num_params}
                 rows.append(
-                    ResultRow(
-                        dataset, backbone, "score", score, float(value), result["split"], run, extra=extra
-                    )
+                    ResultRow(dataset, c.name, "score", score, float(value), result.split, run, extra=extra)
                 )
     return rows
 
@@ -264,25 +296,29 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3e}"
 
 
-def _agreement(c: dict[str, float]) -> str:
-    n = int(c.get("n", 0))
-    if n < MIN_INFORMATIVE:
-        return f"n = {n} measured backbones: not informative"
-    return f"Kendall tau {_fmt(c['kendall_tau'])}, weighted tau {_fmt(c['weighted_tau'])}, top-1 hit {c['top1_hit']:.0f} (n = {n})"
+def _agreement(a: Agreement) -> str:
+    if not a.informative:
+        return f"n = {a.n} measured backbones: not informative"
+    return (
+        f"Kendall tau {_fmt(a.kendall_tau)}, weighted tau {_fmt(a.weighted_tau)}, top-1 hit {a.top1_hit:.0f} "
+        f"(n = {a.n})"
+    )
 
 
-def rank_tables(result: dict[str, Any]) -> list[Table]:
-    """One ranked table per score (value, seconds, real accuracy), the ensemble table, the agreement table."""
-    values, seconds = result["scores"], result["score_seconds"]
-    truth, correlations, target = result["accuracy"], result["correlations"], result["accuracy_target"]
-    real = [f"real {target}"] if truth else []
+def rank_tables(result: RankResults) -> list[Table]:
+    """One ranked table per score (value, seconds, real accuracy), the ensemble table, the cost table (with
+    costs) and the agreement table."""
+    acc = result.accuracy
+    real = [f"real {acc.target}"] if acc else []
+    agreement = acc.agreement if acc else {}
+
+    def truth(c: CandidateResult) -> list[float | None]:
+        return [result.accuracy_of(c.name)] if acc else []
+
     tables = []
-    for s, v in values.items():
-        order = sorted(v, key=lambda m: -np.nan_to_num(v[m], nan=-np.inf))
-        rows = [
-            [i, n, v[n], seconds.get(s, {}).get(n), *([truth.get(n)] if truth else [])]
-            for i, n in enumerate(order, 1)
-        ]
+    for s in result.methods:
+        ranked = [result.candidate(n) for n in result.ranking(s)]
+        rows = [[i, c.name, c.scores[s], c.score_seconds.get(s), *truth(c)] for i, c in enumerate(ranked, 1)]
         seconds_col = "seconds (includes the source predictions)" if s == "leep" else "seconds"
         tables.append(
             Table(
@@ -290,17 +326,14 @@ def rank_tables(result: dict[str, Any]) -> list[Table]:
                 rows,
                 title=s,
                 formats={s: _fmt, seconds_col: ".3f"},
-                note=_agreement(correlations[s]) if s in correlations else None,
+                note=_agreement(agreement[s]) if s in agreement else None,
             )
         )
     rows = []
-    ensemble, per = result["ensemble_rank"], result["backbones"]
-    for i, n in enumerate(sorted(ensemble, key=lambda m: ensemble[m]), 1):
-        b = per[n]
-        extract = "cached" if b["cache_hit"] else f"{b['extract_seconds']:.1f}"
-        rows.append(
-            [i, n, ensemble[n], f"{b['num_samples']}x{b['dim']}", extract, *([truth.get(n)] if truth else [])]
-        )
+    ensembled = sorted((c for c in result.candidates if c.ensemble_rank is not None), key=lambda c: c.name)
+    for i, c in enumerate(sorted(ensembled, key=lambda c: c.ensemble_rank), 1):
+        extract = "cached" if c.cache_hit else f"{c.extract_seconds:.1f}"
+        rows.append([i, c.name, c.ensemble_rank, f"{c.num_samples}x{c.dim}", extract, *truth(c)])
     tables.append(
         Table(
             ["#", "backbone", "mean rank", "features", "extract s", *real],
@@ -309,19 +342,17 @@ def rank_tables(result: dict[str, Any]) -> list[Table]:
             formats={"mean rank": ".2f"},
         )
     )
-    if result.get("cost"):
+    if result.recommendation is not None and result.cost_setup is not None:
         tables.append(cost_table(result))
-    if correlations:
-        n = int(next(iter(correlations.values())).get("n", 0))
-        rows = [
-            [s, c["kendall_tau"], c["weighted_tau"], c["top1_hit"], c["top1_regret"]]
-            for s, c in correlations.items()
-        ]
+    if acc is not None and agreement:
+        n = next(iter(agreement.values())).n
+        rows = [[s, a.kendall_tau, a.weighted_tau, a.top1_hit, a.top1_regret] for s, a in agreement.items()]
         tables.append(
             Table(
                 ["score", "Kendall tau", "weighted tau", "top-1 hit", "top-1 regret"],
                 rows,
-                title=f"agreement with real accuracies ({target}, {n} of {len(per)} backbones measured)",
+                title=f"agreement with real accuracies ({acc.target}, {n} of "
+                f"{len(result.candidates)} backbones measured)",
                 formats={
                     "Kendall tau": ".3f",
                     "weighted tau": ".3f",
@@ -336,37 +367,27 @@ def rank_tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def _with_iqr(cost: dict[str, Any], key: str, fmt: str) -> str:
-    """``median (q25-q75)`` of a timed quantity, or the median alone when no spread was recorded."""
-    iqr = cost.get(f"{key}_iqr")
-    mid = format(cost[key], fmt)
-    return f"{mid} ({format(iqr[0], fmt)}-{format(iqr[1], fmt)})" if iqr else mid
-
-
-def cost_table(result: dict[str, Any]) -> Table:
+def cost_table(result: RankResults) -> Table:
     """Cost of each backbone on this hardware (timings as median and interquartile range over the interleaved
     rounds), the Pareto set and the budget verdict, best prediction first."""
-    costs, rec = result["cost"], result["recommendation"]
-    by = rec["by"]
-    predicted = (
-        result["scores"]["learned"]
-        if by == "learned"
-        else {m: -r for m, r in result["ensemble_rank"].items()}
-    )
-    order = sorted(costs, key=lambda n: -np.nan_to_num(predicted.get(n, np.nan), nan=-np.inf))
+    rec, setup = result.recommendation, result.cost_setup
+    if rec is None or setup is None:
+        raise ValueError("cost_table needs a result with costs (rank_backbones(cost=True))")
+    by = result.predicted_by
+    measured = [c for c in result.candidates if c.cost is not None]
+    order = sorted(measured, key=lambda c: -np.nan_to_num(c.predicted(by), nan=-np.inf))
     rows = []
-    for n in order:
-        c = costs[n]
-        verdict = "; ".join(rec["over_budget"].get(n, [])) or "; ".join(
-            (["recommended"] if n == rec["recommended"] else [])
-            + [f"kept: {t}" for t in rec.get("budget_ties", {}).get(n, [])]
+    for c in order:
+        assert c.cost is not None
+        verdict = "; ".join(c.over_budget) or "; ".join(
+            (["recommended"] if c.name == rec.recommended else []) + [f"kept: {t}" for t in c.budget_ties]
         )
-        rows.append([n, predicted[n] if by == "learned" else -predicted[n], _with_iqr(c, "images_per_s", ".0f"),
-                     _with_iqr(c, "latency_ms", ".1f"), c["peak_memory_mb"], c["gflops"], c["params"] / 1e6,
-                     "yes" if n in rec["pareto"] else "", verdict])  # fmt: skip
-    first = next(iter(costs.values()))
-    timing = first.get("timing", {})
-    budget = ", ".join(f"{k} {v:g}" for k, v in rec["budget"].items() if v is not None) or "none"
+        shown = c.scores.get("learned") if by == "learned" else c.ensemble_rank
+        rows.append([c.name, shown, c.cost.images_per_s.format(".0f"), c.cost.latency_ms.format(".1f"),
+                     c.cost.peak_memory_mb, c.cost.gflops, c.cost.params / 1e6, "yes" if c.pareto else "",
+                     verdict])  # fmt: skip
+    timing = setup.timing
+    budget = ", ".join(f"{k} {v:g}" for k, v in asdict(rec.budget).items() if v is not None) or "none"
     return Table(
         [
             "backbone",
@@ -380,8 +401,8 @@ def cost_table(result: dict[str, Any]) -> Table:
             "budget",
         ],  # fmt: skip
         rows,
-        title=f"cost on this machine ({first['device']}, {first['precision']}, batch {first['batch_size']}, "
-        f"{first['threads']} threads, load {first['load_avg_1m']})",
+        title=f"cost on this machine ({setup.device}, {setup.precision}, batch {setup.batch_size}, "
+        f"{setup.threads} threads, load {setup.load_avg_1m})",
         formats={
             "learned score": ".4f",
             "mean rank": ".2f",
@@ -400,11 +421,11 @@ def cost_table(result: dict[str, Any]) -> Table:
     )
 
 
-def rank_report(result: dict[str, Any]) -> Report:
+def rank_report(result: RankResults) -> Report:
     """The report of a rank run: the method and one table per score."""
-    ds = result["dataset"]
-    report = Report(f"Transferability ranking: {ds['name']} ({result['split']}, {ds['image_size']}px)")
-    sources = sorted({str(b["source_predictions"]) for b in result["backbones"].values()})
+    ds = result.dataset
+    report = Report(f"Transferability ranking: {ds['name']} ({result.split}, {ds['image_size']}px)")
+    sources = sorted({str(c.source_predictions) for c in result.candidates})
     sec = report.section("scores", "Scores")
     sec.add_text(
         "Training-free scores on frozen features (higher = more transferable); the ensemble is the mean rank "
