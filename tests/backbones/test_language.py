@@ -119,12 +119,64 @@ def test_minilm_loads_packaged_weights():
     # CLS token initialised from the tokenizer's [CLS] (id 101 in the BERT uncased vocab)
     assert bb.cls_token_id == 101
     torch.testing.assert_close(bb.cls_token[0, 0], bb.lm.get_input_embeddings().weight[101])
-    assert 22_000_000 < bb.num_params() < 23_000_000
     assert bb.eval().forward_features(images()).shape == (2, 17, 384)
+    _check_minilm_parameter_count(bb)
 
     twin = build_backbone("minilm-l6:random", image_size=IMG, patch_size=PATCH)
     assert not twin.pretrained and twin.num_params() == bb.num_params()
     assert not torch.equal(twin.lm.state_dict()[key], bb.lm.state_dict()[key])
+
+
+def _check_minilm_parameter_count(bb: LanguageBackbone) -> None:
+    """num_params of MiniLM fed patches, by hand from its config: everything but the token-embedding table
+    (and the sentence pooler, removed at build); and the parameters an image forward + backward reaches."""
+    cfg = bb.lm.config
+    h, inter, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    assert (h, inter, layers, vocab) == (384, 1536, 6, 30_522)
+    embeddings = cfg.max_position_embeddings * h + cfg.type_vocab_size * h + 2 * h  # positions, types, LN
+    # per layer: query, key, value, output projection; LN; MLP in, out; LN
+    per_layer = 4 * (h * h + h) + 2 * h + (h * inter + inter) + (inter * h + h) + 2 * h
+    patch_embed = 3 * PATCH * PATCH * h + h
+    counted = embeddings + layers * per_layer + patch_embed + h  # + the CLS token
+    assert counted == 10_845_312 + patch_embed  # 11,140,608 at patch 16
+    assert bb.num_params() == counted
+    table = vocab * h  # 11,720,448
+    assert bb.left_out_parameters() == {
+        "lm.embeddings.word_embeddings (token-embedding table, unused by image inputs)": table,
+        "lm.pooler (sentence pooler, removed: never called on image tokens)": h * h + h,
+    }
+    assert bb.num_params(include_unused=True) == counted + table
+    assert bb.info().num_params == counted
+    # autograd's count: every parameter made trainable, one image through forward_features + pool, backward
+    for p in bb.parameters():
+        p.requires_grad_(True)
+    bb.zero_grad(set_to_none=True)
+    bb.train().pool(bb.forward_features(images(1))).sum().backward()
+    with_grad = {n: p.numel() for n, p in bb.named_parameters() if p.grad is not None}
+    assert sum(with_grad.values()) == counted
+    assert set(dict(bb.named_parameters())) - set(with_grad) == {"lm.embeddings.word_embeddings.weight"}
+
+
+def test_minilm_counts_the_parameters_images_use_at_patch_16():
+    bb = build_backbone("minilm-l6", image_size=32)
+    assert bb.num_params() == 11_140_608 and bb.num_params(include_unused=True) == 22_861_056
+    assert bb.num_params(trainable_only=True) == 11_140_608  # the token table is frozen, not trained
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_token_embedding_table_is_left_out_of_the_count(saved_lms, model_type):
+    bb = build_backbone(str(saved_lms[model_type]), image_size=IMG, patch_size=PATCH)
+    table = {"gpt2": "lm.wte", "qwen2": "lm.embed_tokens", "qwen3": "lm.embed_tokens"}.get(
+        model_type, "lm.embeddings.word_embeddings"
+    )
+    assert bb.unused_parameters() == {f"{table}.weight": "token-embedding table, unused by image inputs"}
+    left_out = bb.left_out_parameters()
+    assert left_out[f"{table} (token-embedding table, unused by image inputs)"] == 256 * 32
+    assert ("lm.pooler (sentence pooler, removed: never called on image tokens)" in left_out) == (
+        model_type == "bert"
+    )
+    assert bb.get_submodule(table) is bb.lm.get_input_embeddings()
+    assert bb.num_params() == bb.num_params(include_unused=True) - 256 * 32
 
 
 def test_registered_names():

@@ -58,6 +58,25 @@ def _grads(bb: Backbone, images: torch.Tensor, seed: int = 0) -> dict[str, torch
     return {n: p.grad.clone() for n, p in bb.named_parameters() if p.requires_grad}
 
 
+def _used_parameter_names(bb: Backbone, images: torch.Tensor) -> set[str]:
+    """Parameters that receive a gradient from ``pool(forward_features(images)).sum()``, every parameter made
+    trainable for the pass (frozen ones too); ``requires_grad`` and ``.grad`` are restored afterwards."""
+    params = dict(bb.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        bb.zero_grad(set_to_none=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            bb.pool(bb.forward_features(images)).sum().backward()
+        return {n for n, p in params.items() if p.grad is not None}
+    finally:
+        bb.zero_grad(set_to_none=True)
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+
+
 def test_registry_is_not_empty():
     assert OFFLINE, "no offline backbones registered"
     for family in ("hf_vision", "timm", "language"):
@@ -143,8 +162,17 @@ def test_backbone_contract(name, tmp_path):
 
     _check_interface(bb, x, tokens)
 
+    # num_params counts exactly the parameters an image forward + backward reaches; the rest is left out
+    used = _used_parameter_names(bb, x)
+    unused = bb.unused_parameters()
+    assert set(unused) == set(params) - used
+    assert not any(params[n].requires_grad for n in unused)  # the adapter froze them
+    assert bb.num_params() == sum(params[n].numel() for n in used) > 0
+    assert bb.num_params(include_unused=True) == sum(p.numel() for p in params.values())
+    held_out = {k: v for k, v in bb.left_out_parameters().items() if k not in bb.removed_parameters}
+    assert sum(held_out.values()) == bb.num_params(include_unused=True) - bb.num_params()
     info = bb.info()
-    assert info.num_params == sum(p.numel() for p in params.values()) > 0
+    assert info.num_params == bb.num_params() and info.left_out_params == bb.left_out_parameters()
     assert (info.embed_dim, info.patch_size, info.num_prefix_tokens) == (
         bb.embed_dim,
         bb.patch_size,

@@ -40,9 +40,12 @@ class BackboneInfo:
     input_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    #: parameters the image forward uses (:meth:`Backbone.num_params`)
     num_params: int
     source: str = ""
     extra: dict = field(default_factory=dict)
+    #: what ``num_params`` leaves out, ``'<module> (<why>)'`` -> parameters (``Backbone.left_out_parameters``)
+    left_out_params: dict[str, int] = field(default_factory=dict)
 
 
 class Backbone(nn.Module):
@@ -93,6 +96,9 @@ class Backbone(nn.Module):
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.pooling = self.check_pooling(pooling)
+        #: parts of the source model the adapter removed because images never use them (a BERT pooler, a
+        #: mask token): ``'<module> (<why>)'`` -> parameters; see :meth:`left_out_parameters`
+        self.removed_parameters: dict[str, int] = {}
 
     # ------------------------------------------------------------------ subclass API
     def _forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +124,12 @@ class Backbone(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (beyond 1-D ones) that should not be weight-decayed."""
         return set()
+
+    def unused_parameters(self) -> dict[str, str]:
+        """Parameters this backbone holds that the image forward (``forward_features`` + ``pool``) never uses,
+        name -> why (a language model's token-embedding table, a timm classifier-head norm). They receive no
+        gradient, are frozen by the adapter, and :meth:`num_params` leaves them out."""
+        return {}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory by recomputing block activations in backward."""
@@ -300,8 +312,30 @@ class Backbone(nn.Module):
         """(B, 3, H, W) in [0, 1] -> pooled features (B, pooled_dim)."""
         return self.pool(self.forward_features(images))
 
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+    def num_params(self, trainable_only: bool = False, *, include_unused: bool = False) -> int:
+        """Parameters the image forward uses: every parameter that receives a gradient from
+        ``pool(forward_features(images))``, i.e. all held parameters but :meth:`unused_parameters` (what was
+        left out: :meth:`left_out_parameters`). ``trainable_only``: those with ``requires_grad``;
+        ``include_unused``: every held parameter, used or not."""
+        unused = set() if include_unused else set(self.unused_parameters())
+        return sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if n not in unused and (p.requires_grad or not trainable_only)
+        )
+
+    def left_out_parameters(self) -> dict[str, int]:
+        """What :meth:`num_params` does not count, ``'<module> (<why>)'`` -> parameters: held parameters the
+        image forward never uses (:meth:`unused_parameters`, summed per module) and parts of the source model
+        the adapter removed at build (:attr:`removed_parameters`), e.g. ``{'lm.embeddings.word_embeddings
+        (token-embedding table, unused by image inputs)': 11720448, 'lm.pooler (...)': 147840}``."""
+        params = dict(self.named_parameters())
+        out: dict[str, int] = {}
+        for name, why in sorted(self.unused_parameters().items()):
+            key = f"{name.rsplit('.', 1)[0]} ({why})"
+            out[key] = out.get(key, 0) + params[name].numel()
+        out.update(self.removed_parameters)
+        return out
 
     def info(self) -> BackboneInfo:
         """Static facts; ``extra`` holds the modality and the adapter's own facts."""
@@ -319,6 +353,7 @@ class Backbone(nn.Module):
             num_params=self.num_params(),
             source=self.source,
             extra={"modality": self.modality},
+            left_out_params=self.left_out_parameters(),
         )
 
 

@@ -25,7 +25,12 @@ from typing import Any
 
 import torch
 
-from transferkit.backbones import hf_vision, language, timm_vision
+from transferkit.backbones import (
+    efficientnet_lite,  # noqa: F401  (registers its names)
+    hf_vision,
+    language,
+    timm_vision,
+)
 from transferkit.backbones.base import Backbone
 from transferkit.backbones.registry import (
     BackboneConfig,

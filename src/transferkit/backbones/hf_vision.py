@@ -235,7 +235,7 @@ class HFVisionBackbone(Backbone):
         self.model = model
         self._grad_checkpointing = False
         self._forward_kwargs: dict[str, Any] = {"interpolate_pos_encoding": True} if spec.interpolate else {}
-        _drop_unused_parameters(model)
+        self.removed_parameters.update(_drop_unused_parameters(model))
         assert len(self.blocks) == num_blocks, (len(self.blocks), num_blocks)
 
     @property
@@ -353,19 +353,28 @@ def _pooled_and_flat(fmap: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat.mean(dim=1, keepdim=True), flat], dim=1)
 
 
-def _drop_unused_parameters(model: nn.Module) -> None:
-    """Remove parameters the encoder forward never uses (they would get no gradient).
+def _drop_unused_parameters(model: nn.Module) -> dict[str, int]:
+    """Remove parameters the encoder forward never uses (they would get no gradient); returns what was
+    removed, ``'<module> (<why>)'`` -> parameters (the backbone's ``removed_parameters``).
 
     DINOv2/DINOv3 mask tokens replace patches only in masked-image pre-training (``bool_masked_pos``), which
     an encoder never passes; SigLIP's attention-pooling head is not part of the token encoder.
     """
+    removed: dict[str, int] = {}
     embeddings = getattr(model, "embeddings", None)
-    if isinstance(getattr(embeddings, "mask_token", None), nn.Parameter):
+    mask_token = getattr(embeddings, "mask_token", None)
+    if isinstance(mask_token, nn.Parameter):
+        removed["model.embeddings.mask_token (masked-image pre-training only, removed)"] = mask_token.numel()
         embeddings.mask_token = None  # type: ignore[union-attr]
-    if isinstance(getattr(model, "head", None), nn.Module) and hasattr(model, "use_head"):
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module) and hasattr(model, "use_head"):
+        removed["model.head (attention-pooling head of the image-text loss, removed)"] = sum(
+            p.numel() for p in head.parameters()
+        )
         model.head = None
         model.use_head = False
         model.config.vision_use_head = False
+    return removed
 
 
 # ---------------------------------------------------------------------- building

