@@ -11,8 +11,11 @@ and renders ``report.html`` from the whole Markdown (markdown-it, CommonMark + t
     sec.add_image("plots/acc_vs_params.png", "Accuracy vs parameters")
     report.write(run_dir)   # run_dir/report.md, run_dir/report.html
 
-Sections sit between ``<!-- transferkit:<key> -->`` and ``<!-- /transferkit:<key> -->`` markers. Image paths
-are relative to the run directory (an image outside it is copied to ``<run_dir>/plots/``).
+Sections sit between ``<!-- transferkit:<key> -->`` and ``<!-- /transferkit:<key> -->`` markers. An image is
+given absolute, relative to the run directory (``plots/x.png``) or relative to the working directory, as a path
+built from a relative run directory is (``runs/compare/plots/x.png``); ``report.md`` links it relative to its
+own folder (an image outside the run directory is copied to ``<run_dir>/plots/``) and ``report.html`` embeds
+it as a data URI.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import html
 import re
 import shutil
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +80,8 @@ class Section:
         return self
 
     def add_image(self, path: str | Path, caption: str = "") -> Section:
-        """A PNG/JPEG/SVG figure (absolute, or relative to the run directory)."""
+        """A PNG/JPEG/SVG figure: absolute, relative to the run directory or relative to the working directory
+        (see :func:`_image_path`)."""
         self.blocks.append(Block("image", Path(path), caption=caption))
         return self
 
@@ -88,8 +93,9 @@ class Section:
             elif b.kind == "table":
                 parts.append(b.content.to_markdown())
             else:
-                rel = _image_path(b.content, run_dir).as_posix()
-                parts.append(f"![{b.caption}]({rel})" + (f"\n\n_{b.caption}_" if b.caption else ""))
+                link = urllib.parse.quote(_image_path(b.content, run_dir).as_posix())
+                alt = re.sub(r"([\\\[\]])", r"\\\1", b.caption)
+                parts.append(f"![{alt}]({link})" + (f"\n\n_{b.caption}_" if b.caption else ""))
         return "\n\n".join(parts)
 
 
@@ -164,8 +170,18 @@ def _wrap(key: str, body: str) -> str:
 
 
 def _image_path(path: Path, run_dir: Path) -> Path:
-    """``path`` relative to ``run_dir``, copying the file into ``run_dir/plots`` when it lies outside."""
-    full = path if path.is_absolute() else run_dir / path
+    """The image ``path`` relative to ``run_dir`` (the link ``report.md`` in ``run_dir`` needs), copying the
+    file into ``run_dir/plots`` when it lies outside.
+
+    A relative ``path`` is taken relative to ``run_dir`` when the file is there, else relative to the working
+    directory: a plot written to ``run.path / "plots"`` of a relative run directory (``runs/compare``) is
+    ``runs/compare/plots/x.png``, which names the file from the working directory, not from the run directory.
+    """
+    candidates = [path] if path.is_absolute() else [run_dir / path, Path.cwd() / path]
+    full = next((c for c in candidates if c.is_file()), None)
+    if full is None:
+        where = " or ".join(f"'{c}'" for c in candidates)
+        raise FileNotFoundError(f"report image '{path}' not found (looked for {where})")
     try:
         return full.resolve().relative_to(run_dir.resolve())
     except ValueError:
@@ -176,7 +192,8 @@ def _image_path(path: Path, run_dir: Path) -> Path:
 
 
 def markdown_to_html(markdown: str, title: str, run_dir: str | Path | None = None) -> str:
-    """A standalone HTML page of ``markdown``; images inside ``run_dir`` are embedded as data URIs."""
+    """A standalone HTML page of ``markdown``; images inside ``run_dir`` (links relative to it, as in its
+    ``report.md``) are embedded as data URIs."""
     from markdown_it import MarkdownIt
 
     # raw HTML stays text (class names and paths come from users' folders); the section markers go
@@ -186,7 +203,7 @@ def markdown_to_html(markdown: str, title: str, run_dir: str | Path | None = Non
         root = Path(run_dir).resolve()
 
         def embed(m: re.Match) -> str:
-            src = html.unescape(m.group("src"))
+            src = urllib.parse.unquote(html.unescape(m.group("src")))
             path = (root / src).resolve()
             if "://" in src or src.startswith("data:") or not path.is_file() or root not in path.parents:
                 return m.group(0)
