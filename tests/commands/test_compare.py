@@ -74,7 +74,7 @@ def test_default_compare_minilm_next_to_its_random_twin(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_folder_shorthand_with_finetune(tmp_path):
+def test_compare_folder_shorthand_with_finetune(tmp_path, capsys):
     data = write_folder(tmp_path / "data")
     args = ["compare", "--data", str(data), "--data.image_size", "32", "--backbones", "vit-micro,gpt2-tiny"]
     args += [
@@ -101,9 +101,29 @@ def test_compare_folder_shorthand_with_finetune(tmp_path):
         assert run.parent == tmp_path / "runs" / "ft" / "finetune"
         assert (run / "config.yaml").is_file() and Path(ft["checkpoint"]).name == "best.ckpt"
         assert json.loads((run / "metrics.json").read_text())["test"]["acc1"] == ft["test_acc1"]
-    rows = parse_markdown_table((tmp_path / "runs" / "ft" / "report.md").read_text())
+        # one epoch cannot show convergence: said in results.json, the report and on the console
+        assert ft["converged"] is False and [h["epoch"] for h in ft["history"]] == [0]
+        assert {"backbone": e["name"], "kind": "finetune_unconverged"}.items() <= next(
+            d for d in results["doubts"] if d["backbone"] == e["name"] and d["kind"] == "finetune_unconverged"
+        ).items()
+    # the fine-tune's per-image test results give it McNemar tests like every other protocol
+    assert {r["protocol"] for r in results["pairwise"]} == {"linear", "logreg", "knn", "finetune"}
+    assert results["protocol"]["finetune"]["gradient_clip_val"] == 1.0
+    md = (tmp_path / "runs" / "ft" / "report.md").read_text()
+    rows = parse_markdown_table(md)
     assert rows[0]["fine-tune top-1"] == percent(results["backbones"][0]["finetune"]["test_acc1"])
+    claims = (
+        md.split("## Summary", 1)[1].split("**Doubts**", 1)[0].splitlines()
+    )  # the claims, above the doubts
+    assert any(line.startswith(("- Fine-tune: no significant", "- Best fine-tune: ")) for line in claims), (
+        claims
+    )
     assert not (tmp_path / "runs" / "performance.json").exists()
+    out = capsys.readouterr().out
+    assert (
+        "Doubts (" in out
+        and "finetune_unconverged: vit-micro: the fine-tune (1 epoch) had not converged" in out
+    )
 
 
 def test_compare_errors_are_one_line(tmp_path, capsys):

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from transferkit.compare import KnnOptions, ProbeOptions, parse_backbones, run_compare
+from transferkit.compare import (
+    CompareResults,
+    FinetuneOptions,
+    KnnOptions,
+    ProbeOptions,
+    parse_backbones,
+    run_compare,
+    wilson_ci,
+)
 from transferkit.compare.stats import leaders
 from transferkit.data.spec import DataSpec
 from transferkit.errors import UserError
@@ -74,39 +83,56 @@ def test_results_json_and_report_agree(compared):
         assert lo <= speed["images_per_s"] <= hi and speed["threads"] >= 1 and "load_avg_1m" in speed
         assert all(not f["cache_hit"] for f in e["features"].values())
     minilm = on_disk["backbones"][0]
-    assert minilm["pretrained"] and minilm["modality"] == "language" and minilm["num_params"] > 20e6
+    assert minilm["pretrained"] and minilm["modality"] == "language" and minilm["num_params"] > 10e6
     assert on_disk["backbones"][2]["modality"] == "vision"
     html = (run_dir / "report.html").read_text()
     assert "minilm-l6:random" in html and html.count("data:image/png;base64,") == 3
     for plot in on_disk["plots"].values():
         assert (run_dir / plot).is_file()
-    assert results["dataset"]["counts"] == {"train": 200, "val": 80, "test": 80}
+    assert results.dataset["counts"] == {"train": 200, "val": 80, "test": 80}
+    assert json.loads(json.dumps(CompareResults.from_dict(on_disk).to_dict())) == on_disk  # one to/from pair
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for e in on_disk["backbones"]:
         assert metrics["backbones"][e["name"]]["linear_probe"]["test_acc1"] == e["linear"]["test_acc1"]
         assert metrics["backbones"][e["name"]]["knn"]["test_ci95"] == e["knn"]["test_ci95"]
-    assert metrics["dataset"]["key"] == results["dataset"]["key"]
+    assert metrics["dataset"]["key"] == results.dataset["key"]
+    # the doubts of results.json are the report's, each with its rule
+    md = (run_dir / "report.md").read_text()
+    assert [d.to_dict() for d in results.doubts] == on_disk["doubts"] == metrics["doubts"]
+    for d in on_disk["doubts"]:
+        assert f"- *{d['kind']}*: {d['message']}." in md and d["kind"] in on_disk["protocol"]["rules"]
+    for e in on_disk["backbones"]:  # the grid's edge, found here while the grid does not report it
+        edge = e["linear"]["lr_edge"]
+        assert (edge is not None) == any(
+            d["kind"] == "lr_edge" and d["backbone"] == e["name"] for d in on_disk["doubts"]
+        )
 
 
 def test_pretrained_next_to_random_twin_and_fair_pairs(compared):
     results, run_dir, _ = compared
-    (gain,) = results["pretraining_gains"]
-    by_name = {e["name"]: e for e in results["backbones"]}
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    (gain,) = on_disk["pretraining_gains"]
+    by_name = {e["name"]: e for e in on_disk["backbones"]}
     assert gain["backbone"] == "minilm-l6" and gain["random_twin"] == "minilm-l6:random"
-    assert gain["linear_gain"] == pytest.approx(
-        by_name["minilm-l6"]["linear"]["test_acc1"] - by_name["minilm-l6:random"]["linear"]["test_acc1"]
-    )
+    for protocol in ("linear", "logreg", "knn"):  # every protocol that ran
+        assert gain[f"{protocol}_gain"] == pytest.approx(
+            by_name["minilm-l6"][protocol]["test_acc1"] - by_name["minilm-l6:random"][protocol]["test_acc1"]
+        )
+        assert 0.0 <= gain[f"{protocol}_p"] <= 1.0
     gains = parse_markdown_table(
         (run_dir / "report.md").read_text(),
         "Pretrained vs random-init twin (test top-1 %, gain in points, exact McNemar p)",
     )
-    assert gains[0]["linear (pretrained)"] == percent(gain["linear_pretrained"])
-    assert 0.0 <= gain["linear_p"] <= 1.0 and 0.0 <= gain["knn_p"] <= 1.0
-    assert gains[0]["kNN p"] == format(gain["knn_p"], ".3g")
+    rows = {r["protocol"].removesuffix(" (claims)"): r for r in gains}
+    assert list(rows) == ["linear-probe grid", "logistic regression", "kNN"]
+    assert rows["linear-probe grid"]["pretrained"] == percent(gain["linear_pretrained"])
+    assert rows["kNN"]["p"] == format(gain["knn_p"], ".3g")
+    claims = results.strongest_linear.label
+    assert [r["protocol"] for r in gains if r["protocol"].endswith(" (claims)")] == [f"{claims} (claims)"]
     lo, hi = by_name["minilm-l6"]["linear"]["test_ci95"]
     assert lo < by_name["minilm-l6"]["linear"]["test_acc1"] < hi
     # vit-micro (vision) is the only partner of both language backbones, and vice versa
-    pairs = {(p["backbone"], p["partner"]) for p in results["fair_pairs"]}
+    pairs = {(p.backbone, p.partner) for p in results.fair_pairs}
     assert ("minilm-l6", "vit-micro") in pairs and ("minilm-l6:random", "vit-micro") in pairs
     assert ("vit-micro", "minilm-l6") in pairs
 
@@ -123,37 +149,42 @@ def test_second_run_reads_the_cache_and_appends_to_the_results_table(compared):
         extract=ExtractOptions(cache_dir=str(tmp / "cache"), progress=False),
         results_table=ResultsTable(tmp / "runs" / "performance.json"),
     )
-    (entry,) = again["backbones"]
-    first = next(e for e in results["backbones"] if e["name"] == "vit-micro")
-    assert all(f["cache_hit"] for f in entry["features"].values())
-    assert entry["throughput"]["images_per_s"] > 0  # measured in this run, although nothing was extracted
-    assert entry["linear"]["test_acc1"] == first["linear"]["test_acc1"]  # same features, same seed
+    (entry,) = again.backbones
+    first = results.backbone("vit-micro")
+    assert all(f["cache_hit"] for f in entry.features.values())
+    assert entry.throughput_img_s > 0  # measured in this run, although nothing was extracted
+    assert entry.linear.test_acc1 == first.linear.test_acc1  # same features, same seed
     rows = ResultsTable(tmp / "runs" / "performance.json").read()
     assert len(rows) == 3 * 3  # the second vit-micro rows replaced the first ones
     assert {(r.protocol, r.metric) for r in rows} == {
         ("linear_probe", "top1"), ("knn", "top1"), ("logistic_regression", "top1")
     }  # fmt: skip
     r = next(r for r in rows if r.backbone == "vit-micro" and r.protocol == "linear_probe")
-    assert r.value == entry["linear"]["test_acc1"] and r.run == "again" and r.extra["num_params"] > 0
-    assert r.dataset_key == results["dataset"]["key"] and r.dataset_name == "imagefolder:digits"
+    assert r.value == entry.linear.test_acc1 and r.run == "again" and r.extra["num_params"] > 0
+    assert r.dataset_key == results.dataset["key"] and r.dataset_name == "imagefolder:digits"
     assert DataSpec.from_dict(r.dataset["spec"]).key() == r.dataset_key  # the row rebuilds its dataset
 
 
 def test_pairwise_table_and_a_best_only_when_significant(compared):
     results, run_dir, _ = compared
-    assert len(results["pairwise"]) == 3 * 2
+    assert len(results.pairwise) == 3 * 3  # pairs x (grid, logistic regression, kNN)
     md = (run_dir / "report.md").read_text()
     rows = parse_markdown_table(
         md, "Pairwise: a minus b in test top-1 points, exact McNemar p (same test images, uncorrected)"
     )
-    assert len(rows) == 3 and all(0 <= float(r["linear p"]) <= 1 for r in rows)
-    # 80 test images: a best is named only when it beats both others significantly
-    for protocol, label in (("linear", "inear probe"), ("knn", "kNN")):
-        lead = leaders(results["backbones"], results["pairwise"], protocol)
+    assert len(rows) == 3 and all(
+        0 <= float(r[f"{p} p"]) <= 1 for r in rows for p in ("linear", "logreg", "knn")
+    )
+    # 80 test images: a best is named only when it beats both others significantly, under the linear protocol
+    # stronger on val (named in the claim)
+    strongest = results.strongest_linear
+    for protocol, label in ((strongest.protocol, f"inear probe ({strongest.label}"), ("knn", "kNN")):
+        lead = leaders(results.backbones, results.pairwise, protocol)
         said = [
             line for line in md.splitlines() if label in line and ("Best" in line or "no significant" in line)
         ]
-        assert said and ("no significant difference" in said[0]) == bool(lead["ties"]), said
+        assert said and ("no significant difference" in said[0]) == bool(lead.ties), said
+        assert f"**{lead.best}**" in said[0]
 
 
 def test_seeds_give_mean_and_spread(tmp_path):
@@ -169,10 +200,11 @@ def test_seeds_give_mean_and_spread(tmp_path):
         seed=3,
         seeds=3,
     )
-    (entry,) = results["backbones"]
-    sd = entry["seeds"]
+    (entry,) = results.backbones
+    sd = entry.seeds
     assert sd["seeds"] == [3, 4, 5] and len(sd["linear"]["values"]) == 3
-    assert sd["linear"]["values"][0] == entry["linear"]["test_acc1"]  # the first seed is the run's own
+    assert sd["linear"]["values"][0] == entry.linear.test_acc1  # the first seed is the run's own
+    assert sd["logreg"]["values"][0] == entry.logreg.test_acc1  # every protocol that ran
     assert len(set(sd["knn"]["values"])) > 1  # three random inits: three feature sets
     md = (tmp_path / "runs" / "seeds" / "report.md").read_text()
     assert "Over seeds: test top-1 %" in md
@@ -196,3 +228,43 @@ def test_parse_backbones():
         parse_backbones(" , ")
     with pytest.raises(UserError, match="names a more than once"):
         parse_backbones("a, b,a")
+
+
+@pytest.mark.slow
+def test_a_finetune_on_digits_reaches_the_probe_or_is_flagged_unconverged(tmp_path):
+    """A real, short fine-tune (vit-micro, 2 epochs of 6 batches at 32 px) through compare: its per-epoch history
+    is read from the fit run's logs, the convergence rule judges it, and a fine-tune below the probe says so."""
+    results = run_compare(
+        DataSpec({"source": "digits", "image_size": 32}),
+        "vit-micro",
+        run=RunDir.create(tmp_path / "runs", "ft", "compare"),
+        probe=ProbeOptions(
+            epochs=10, learning_rates=[0.1, 1.0], layers=[1], weight_decays=[0.0], logreg=False
+        ),
+        knn=KnnOptions(ks=[10]),
+        finetune=FinetuneOptions(epochs=2, limit_train_batches=6),
+        extract=ExtractOptions(cache_dir=str(tmp_path / "cache"), progress=False),
+    )
+    (b,) = results.backbones
+    ft, probe = b.finetune, b.best_linear()
+    assert [h.epoch for h in ft.history] == [0, 1]
+    assert all(h.train_loss > 0 and 0 <= h.val_acc1 <= 1 for h in ft.history)
+    assert ft.converged is not None and ft.convergence
+    kinds = {d.kind for d in results.doubts}
+    assert ft.test_acc1 >= probe.test_acc1 or "finetune_unconverged" in kinds, (ft, probe)
+    assert ("finetune_below_probe" in kinds) == (ft.test_acc1 < probe.test_acc1)
+    assert ("finetune_unconverged" in kinds) == (not ft.converged)
+    # its per-image test results (for the McNemar tests) are the fit's own: the same accuracy
+    n = results.dataset["counts"]["test"]
+    assert ft.test_ci95 == pytest.approx(wilson_ci(round(ft.test_acc1 * n), n))
+    # the recipe of configs/classification/finetune.yaml, gradient clipping included, and how it differs
+    saved = yaml.safe_load((Path(ft.run_dir) / "config.yaml").read_text())
+    assert saved["trainer"]["gradient_clip_val"] == 1.0 and saved["trainer"]["precision"] == "32-true"
+    assert saved["data"]["init_args"]["image_size"] == 32 == ft.image_size
+    md = (tmp_path / "runs" / "ft" / "report.md").read_text()
+    protocol = md.split("## Protocol", 1)[1]
+    assert "gradient clipping at norm 1" in protocol and "It differs from the preset in: epochs 2" in protocol
+    for d in results.doubts:
+        assert f"- *{d.kind}*: {d.message}." in md
+    rows = parse_markdown_table(md, "Fine-tune per epoch (mean train loss, val top-1 %) and convergence")
+    assert [r["epoch"] for r in rows] == ["0", "1"] and rows[1]["converged"].split(":")[0] in ("yes", "no")

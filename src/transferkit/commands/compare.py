@@ -8,8 +8,6 @@ transferkit compare --config configs/compare/default.yaml --print_config
 
 from __future__ import annotations
 
-from typing import Any
-
 from transferkit.compare.options import FinetuneOptions, KnnOptions, ProbeOptions, parse_backbones
 from transferkit.data.spec import DataSpec
 from transferkit.probe.options import ExtractOptions
@@ -62,9 +60,12 @@ def compare(
     if finetune is not None:
         refuse_training_under_launcher("compare --finetune")
 
+    from rich.text import Text
+
     from transferkit.compare import run_compare
-    from transferkit.compare.report import gains_table, pairs_table, pairwise_table, seeds_table
+    from transferkit.compare.report import gains_table, headline, pairs_table, pairwise_table, seeds_table
     from transferkit.compare.report import results_table as main_table
+    from transferkit.compare.results import BackboneResult
     from transferkit.results import ResultsTable
     from transferkit.runs import RunDir
     from transferkit.utils.console import make_console
@@ -75,14 +76,13 @@ def compare(
     run.write_config()
     console.print(f"[bold]transferkit compare[/bold]: {len(names)} backbones on {data.name()} -> {run.path}")
 
-    def show(entry: dict[str, Any]) -> None:
-        hit = all(f["cache_hit"] for f in entry["features"].values())
-        console.print(
-            f"  {entry['name']}: linear {100 * entry['linear']['test_acc1']:.2f}%, kNN "
-            f"{100 * entry['knn']['test_acc1']:.2f}%"
-            + (f", fine-tune {100 * entry['finetune']['test_acc1']:.2f}%" if entry.get("finetune") else "")
-            + f" (features {'cached' if hit else 'extracted'}, {entry['throughput_img_s']:,.0f} img/s)"
-        )
+    def show(entry: BackboneResult) -> None:
+        hit = all(f["cache_hit"] for f in entry.features.values())
+        accs = ", ".join(f"{r.label} {100 * r.test_acc1:.2f}%" for r in entry.protocols.values())
+        speed = f", {entry.throughput_img_s:,.0f} img/s" if entry.throughput_img_s else ""
+        if entry.linear.extensions:
+            accs += f" (LR grid extended {entry.linear.extensions}x)"
+        console.print(Text(f"  {entry.name}: {accs} (features {'cached' if hit else 'extracted'}{speed})"))
 
     results = run_compare(
         data,
@@ -101,17 +101,28 @@ def compare(
         on_backbone=show,
     )
     console.print(main_table(results).to_rich())
-    if results["pretraining_gains"]:
+    if results.pretraining_gains:
         console.print(gains_table(results).to_rich())
-    if results["pairwise"]:
+    if results.pairwise:
         console.print(pairwise_table(results).to_rich())
     if seeds > 1:
         console.print(seeds_table(results).to_rich())
-    if results["fair_pairs"]:
+    if results.fair_pairs:
         console.print(pairs_table(results).to_rich())
+    console.print("[bold]Summary[/bold]")
+    for line in headline(results):
+        console.print(Text(line.replace("**", "")))
+    if results.doubts:
+        console.print(
+            f"[bold yellow]Doubts[/bold yellow] ({len(results.doubts)}; the rules are in the report):"
+        )
+        for d in results.doubts:
+            console.print(Text(f"- {d.kind}: {d.message}"))
+    else:
+        console.print("Doubts: none by the report's rules.")
     console.print(
         f"wrote {run.path / 'report.md'}, {run.path / 'report.html'}, {run.path / 'metrics.json'}, "
-        f"{run.path / 'results.json'} ({results['wall_time_s']:.0f}s)"
+        f"{run.path / 'results.json'} ({results.wall_time_s:.0f}s)"
         + (f"; appended to {table.path}" if table is not None else "")
     )
     return 0

@@ -4,7 +4,8 @@ validated when built, so a wrong value fails before any feature is extracted."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from transferkit.backbones.poolings import POOLINGS
 from transferkit.errors import UserError
@@ -105,11 +106,31 @@ class KnnOptions:
             raise UserError(f"unknown knn.pooling '{self.pooling}'; choose from {list(POOLINGS)}")
 
 
+#: the recipe of ``configs/classification/finetune.yaml`` (a test keeps the two equal); compare's fine-tune
+#: follows it, and its report states where it differs
+FINETUNE_PRESET: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 32,
+    "blr": 4e-3,
+    "weight_decay": 0.05,
+    "layer_decay": 0.9,
+    "warmup_epochs": 0.3,
+    "label_smoothing": 0.1,
+    "patch_embed_lr_mult": 10.0,
+    "gradient_clip_val": 1.0,
+    "precision": "32-true",
+    "image_size": 32,
+}
+#: compare's fine-tunes train in the preset's precision
+FINETUNE_PRECISION = FINETUNE_PRESET["precision"]
+
+
 @dataclass
 class FinetuneOptions:
     """Short full fine-tune of every backbone: ``transferkit fit`` of ``transferkit.tasks.ImageClassifier``
-    (``adaptation: finetune``), reported at its best checkpoint on val. ``--finetune '{}'`` turns it on with
-    these defaults; any ``--finetune.<option>`` turns it on too.
+    (``adaptation: finetune``) with the recipe of ``configs/classification/finetune.yaml``, reported at its
+    best checkpoint on val. ``--finetune '{}'`` turns it on with these defaults; any ``--finetune.<option>``
+    turns it on too.
 
     Args:
         epochs: training epochs.
@@ -120,17 +141,21 @@ class FinetuneOptions:
         warmup_epochs: linear warmup (fractions allowed).
         label_smoothing: label smoothing.
         patch_embed_lr_mult: LR multiplier of a language model's new PatchEmbed.
+        gradient_clip_val: clip the gradients' norm to this value; 0 = no clipping.
+        image_size: image size of the fine-tune; None = the compared data's (the probes' images).
         limit_train_batches: Lightning's limit per epoch (int batches or float fraction); None = all.
     """
 
-    epochs: int = 3
-    batch_size: int = 32
-    blr: float = 4e-3
-    weight_decay: float = 0.05
-    layer_decay: float = 0.9
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.1
-    patch_embed_lr_mult: float = 10.0
+    epochs: int = FINETUNE_PRESET["epochs"]
+    batch_size: int = FINETUNE_PRESET["batch_size"]
+    blr: float = FINETUNE_PRESET["blr"]
+    weight_decay: float = FINETUNE_PRESET["weight_decay"]
+    layer_decay: float = FINETUNE_PRESET["layer_decay"]
+    warmup_epochs: float = FINETUNE_PRESET["warmup_epochs"]
+    label_smoothing: float = FINETUNE_PRESET["label_smoothing"]
+    patch_embed_lr_mult: float = FINETUNE_PRESET["patch_embed_lr_mult"]
+    gradient_clip_val: float = FINETUNE_PRESET["gradient_clip_val"]
+    image_size: int | None = None
     limit_train_batches: int | float | None = None
 
     def __post_init__(self) -> None:
@@ -143,6 +168,30 @@ class FinetuneOptions:
             raise UserError("finetune.weight_decay and warmup_epochs must be >= 0, label_smoothing in [0, 1)")
         if not 0 < self.layer_decay <= 1:
             raise UserError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not self.gradient_clip_val >= 0:
+            raise UserError(
+                f"finetune.gradient_clip_val must be >= 0 (0: no clipping), got {self.gradient_clip_val}"
+            )
+        if self.image_size is not None:
+            _at_least("finetune.image_size", self.image_size, 1)
+
+    def differences_from_preset(self, image_size: int) -> list[str]:
+        """How a fine-tune at ``image_size`` with these options differs from the preset's recipe, in words."""
+        out = []
+        if image_size != FINETUNE_PRESET["image_size"]:
+            source = "--finetune.image_size" if self.image_size is not None else "the compared data's"
+            out.append(f"image size {image_size} ({source}; the preset: {FINETUNE_PRESET['image_size']})")
+        for key, value in asdict(self).items():
+            if key in FINETUNE_PRESET and key != "image_size" and value != FINETUNE_PRESET[key]:
+                out.append(f"{key} {value:g} (the preset: {FINETUNE_PRESET[key]:g})")
+        if self.limit_train_batches is not None:
+            out.append(f"limit_train_batches {self.limit_train_batches:g} (the preset: every batch)")
+        out.append(
+            f"patch_embed LR x{self.patch_embed_lr_mult:g} on a language model's new PatchEmbed only (the preset, "
+            "written for MiniLM, sets it for any backbone: on a vision model it would scale its pretrained "
+            "patch embedding)"
+        )
+        return out
 
 
 def _at_least(key: str, value: int, low: int) -> None:
