@@ -203,8 +203,12 @@ def build_command_parser(fn: Callable[..., Any], prog: str, epilog: str | None =
     if data:
         from transferkit.data.options import DataOptions  # the datamodule's options, without torch
 
+        params = inspect.signature(fn).parameters
         for key in data:
             parser.add_class_arguments(DataOptions, key, fail_untyped=False)
+            default = params[key].default  # a command's own default dataset (compare: shapes)
+            if default is not inspect.Parameter.empty and default is not None:
+                parser.set_defaults({f"{key}.{k}": v for k, v in default.init_args.items()})
             parser.add_argument(
                 f"--{key}.classes",
                 type=list[int | str] | None,

@@ -1,6 +1,6 @@
 """``transferkit compare``: a fair comparison of backbones on one dataset, with a report.
 
-transferkit compare                                   # MiniLM vs its random twin vs a random ViT, on digits
+transferkit compare                                   # MiniLM and EfficientNet-Lite0 vs their random twins, on shapes
 transferkit compare --data path/to/imagefolder --backbones facebook/dinov2-small,openai-community/gpt2
 transferkit compare --config configs/compare/default.yaml --finetune.epochs 3
 transferkit compare --config configs/compare/default.yaml --print_config
@@ -15,9 +15,14 @@ from transferkit.utils.ranks import refuse_training_under_launcher
 
 
 def compare(
-    data: DataSpec = DataSpec(),
+    data: DataSpec = DataSpec({"source": "shapes"}),
     *,
-    backbones: list[str] | str = ["minilm-l6", "minilm-l6:random", "vit-tiny:random"],
+    backbones: list[str] | str = [
+        "minilm-l6",
+        "minilm-l6:random",
+        "efficientnet-lite0",
+        "efficientnet-lite0:random",
+    ],
     probe: ProbeOptions = ProbeOptions(),
     knn: KnnOptions = KnnOptions(),
     finetune: FinetuneOptions | None = None,

@@ -17,7 +17,8 @@ from transferkit.probe.options import (
     GRID_PRECISIONS,
 )
 
-DEFAULT_BACKBONES = ("minilm-l6", "minilm-l6:random", "vit-tiny:random")
+#: a pretrained language model and a pretrained vision model, each beside its random-init twin
+DEFAULT_BACKBONES = ("minilm-l6", "minilm-l6:random", "efficientnet-lite0", "efficientnet-lite0:random")
 
 
 def parse_backbones(value: str | Sequence[str]) -> list[str]:
@@ -26,7 +27,7 @@ def parse_backbones(value: str | Sequence[str]) -> list[str]:
     names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
     if not names:
         raise UserError(
-            "no backbones given: pass e.g. --backbones minilm-l6,minilm-l6:random,vit-tiny:random"
+            "no backbones given: pass e.g. --backbones minilm-l6,minilm-l6:random,efficientnet-lite0,efficientnet-lite0:random"
         )
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

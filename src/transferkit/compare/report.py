@@ -452,6 +452,7 @@ def build_report(results: CompareResults, plots: dict[str, Path]) -> Report:
             "**Note:** this dataset has no separate test split; test numbers are on the val split."
         )
     summary.add_table(results_table(results), key="results")
+    summary.add_text(params_note(results))
     if results.pretraining_gains:
         summary.add_table(gains_table(results), key="gains")
     if results.pairwise:
@@ -520,6 +521,18 @@ def _protocol_text(results: CompareResults) -> str:
     if doubt_rules:
         text += "\n\n**Doubts** are raised by these rules:\n\n" + "\n".join(doubt_rules)
     return text
+
+
+def params_note(results: CompareResults) -> str:
+    """What the params column counts, and what it leaves out per backbone."""
+    left = [
+        f"{e.name}: {', '.join(f'{what} {params_m(n)}' for what, n in e.left_out_params.items())}"
+        for e in results.backbones
+        if e.left_out_params
+    ]
+    return "params: the parameters an image forward uses (what the fair-pair ratio compares)" + (
+        "; left out: " + "; ".join(left) + "." if left else "; none left out."
+    )
 
 
 def _speed(entry: BackboneResult) -> str:

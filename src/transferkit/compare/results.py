@@ -183,11 +183,14 @@ class BackboneResult:
     pretrained: bool
     family: str
     modality: str
+    #: the parameters an image forward uses (``Backbone.num_params()``)
     num_params: int
     embed_dim: int
     num_blocks: int
     default_pooling: str
     weights_digest: str
+    #: what ``num_params`` leaves out: ``'<module> (<why>)' -> count`` (a language model's token-embedding table)
+    left_out_params: dict[str, int] = field(default_factory=dict)
     #: per split: cache_hit, path, throughput_img_s, extract_seconds, num_images
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the run's timed forward section (images_per_s, its range, threads, load average); None when not timed

@@ -358,6 +358,7 @@ def compare_backbone(
         family=bb.family,
         modality=bb.modality,
         num_params=int(bb.num_params()),
+        left_out_params={k: int(v) for k, v in bb.left_out_parameters().items()},
         embed_dim=int(bb.embed_dim),
         num_blocks=int(bb.num_blocks),
         default_pooling=bb.pooling,
