@@ -6,7 +6,7 @@ import yaml
 from transferkit.cli import main
 from transferkit.errors import UserError
 from transferkit.results import ResultsTable
-from transferkit.select.zoo import ZooMember, ZooRecipe
+from transferkit.select.zoo import REAL_MODELS, ZooMember, ZooRecipe
 
 TINY = {"name": "sup", "start": "vit-micro:random", "method": "supervised", "source": "shapes", "epochs": 1,
         "limit_train_batches": 2, "batch_size": 16}  # fmt: skip
@@ -14,10 +14,10 @@ DINO = {"name": "dino", "start": "vit-micro:random", "method": "dino", "source":
         "limit_train_batches": 2, "batch_size": 16, "local_crop_size": 16}  # fmt: skip
 
 
-def _recipe(tmp_path, members):
+def _recipe(tmp_path, members, include=("vit-micro:random",)):
     path = tmp_path / "zoo.yaml"
     recipe = {"image_size": 16, "targets": ["shapes", "textures"], "tasks_per_target": 1, "classes_per_task": 2,
-              "include": ["vit-micro:random"], "members": members}  # fmt: skip
+              "include": list(include), "members": members}  # fmt: skip
     path.write_text(yaml.safe_dump({"recipe": recipe}))
     return path
 
@@ -51,6 +51,39 @@ def test_zoo_pretrains_saves_reuses_and_measures(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "member sup: pretrained" in out and "member dino: reused" in out
+
+
+def test_zoo_measures_a_real_pretrained_model(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    config = _recipe(tmp_path, [TINY], include=["efficientnet-lite0"])
+    argv = ["rank", "zoo", "--config", str(config), "--runs_dir", str(runs), "--cache_dir", str(tmp_path / "cache"),
+            "--progress", "false", "--logreg.c_powers", "[0]"]  # fmt: skip
+    assert main(argv) == 0
+    assert "member sup: pretrained" in capsys.readouterr().out
+    rows = ResultsTable(runs / "performance.json").read()
+    real = [r for r in rows if r.backbone == "efficientnet-lite0"]
+    # the real model beside the generated member, on both targets, with its probe accuracy and every score
+    assert {r.backbone for r in rows} == {"efficientnet-lite0", str(runs / "zoo" / "members" / "sup")}
+    assert {r.dataset_name.split("[")[0] for r in real} == {"shapes", "textures"}
+    assert {r.protocol for r in real} == {"logistic_regression", "score"}
+    assert {r.metric for r in real if r.protocol == "score"} >= {"logme", "hscore"}
+    # measured with its packaged ImageNet weights, not a random init
+    assert all(r.extra["pretrained"] and r.extra["num_params"] == 3_371_008 for r in real)
+    accs = [r.value for r in real if r.protocol == "logistic_regression"]
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+
+
+def test_the_default_zoo_includes_the_real_models():
+    from transferkit.backbones import registered_backbones
+
+    assert REAL_MODELS == ("minilm-l6", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+    recipe = ZooRecipe()
+    assert set(REAL_MODELS) <= set(recipe.include)
+    entries = registered_backbones()
+    for name in REAL_MODELS:  # registered with weights that need no download
+        assert entries[name].offline
+    # beside the generated members, and measured as they are (no member starts from them)
+    assert len(recipe.members) == 6 and not {m.start for m in recipe.members} & set(REAL_MODELS)
 
 
 BAD = [

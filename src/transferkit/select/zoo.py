@@ -9,7 +9,8 @@ learned. A :class:`ZooRecipe` lists
   (``DinoContinuation``) on one offline source (``digits``, ``shapes``, ``textures``, or any source);
   each is written as a saved backbone (:mod:`transferkit.backbones.saved`) under ``<run>/members/<name>``
   and reused by later runs unless ``rebuild``;
-- ``include``: backbones used as they are (the real ``minilm-l6``, random twins);
+- ``include``: backbones used as they are (the real pretrained :data:`REAL_MODELS`, ``minilm-l6`` and
+  ``efficientnet-lite0/1/2``, measured at the recipe's ``image_size``; random twins);
 - ``targets``: the offline datasets whose class-subset tasks are measured
   (:func:`~transferkit.select.benchmark.run_benchmark`: logistic-regression probe and every training-free
   score, rows marked with their protocol), so the table's datasets come from distinct sources, not only class
@@ -78,6 +79,12 @@ class ZooMember:
             )
 
 
+#: real pretrained models the default zoo includes as they are: all-MiniLM-L6-v2 (language, fed patches) and
+#: EfficientNet-Lite0/1/2 (ImageNet-1k CNNs); their weights ship in pip packages, so no download is needed
+REAL_MODELS = ("minilm-l6", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+#: random-init backbones the default zoo includes: the MiniLM twin and the members' starting points
+RANDOM_TWINS = ("minilm-l6:random", "vit-micro:random", "convnet-micro:random")
+
 #: the default zoo (configs/rank/zoo.yaml): two architectures x (supervised, DINO) x three offline sources
 DEFAULT_MEMBERS = (
     ZooMember("vit-micro-sup-digits", "vit-micro:random", "supervised", "digits", epochs=15, blr=5e-3),
@@ -109,8 +116,7 @@ class ZooRecipe:
     """
 
     members: list[ZooMember] = field(default_factory=lambda: list(DEFAULT_MEMBERS))
-    include: list[str] = field(default_factory=lambda: ["minilm-l6", "minilm-l6:random", "vit-micro:random",
-                                                        "convnet-micro:random"])  # fmt: skip
+    include: list[str] = field(default_factory=lambda: [*REAL_MODELS, *RANDOM_TWINS])
     targets: list[str] = field(default_factory=lambda: ["digits", "shapes", "textures"])
     tasks_per_target: int = 4
     classes_per_task: int = 3
