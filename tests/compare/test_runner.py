@@ -76,7 +76,10 @@ def test_results_json_and_report_agree(compared):
         assert e["linear"]["best_head"]["val_acc1"] == max(h["val_acc1"] for h in e["linear"]["grid"])
         assert e["linear"]["val_acc1"] == pytest.approx(e["linear"]["best_head"]["val_acc1"])
         assert e["knn"]["acc1"]["val"][str(e["knn"]["best_k"])] == max(e["knn"]["acc1"]["val"].values())
-        assert len(e["linear"]["grid"]) == len(e["linear"]["poolings"]) * 2 * 3 * 4  # x 4 weight decays
+        # poolings x last 1/4 blocks x learning rates (3, or more when the grid extended at an edge) x 4 decays
+        lrs = e["linear"]["learning_rates"]
+        assert len(lrs) >= 3 and (len(lrs) > 3) == (e["linear"]["extensions"] > 0)
+        assert len(e["linear"]["grid"]) == len(e["linear"]["poolings"]) * 2 * len(lrs) * 4
         speed = e["throughput"]
         assert e["throughput_img_s"] == speed["images_per_s"] > 0 and speed["repeats"] == 5
         lo, hi = speed["images_per_s_range"]
